@@ -1,0 +1,49 @@
+# ganforge: `make serve` runs the service on models/; `make test` installs what the tests need and runs them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+PORT   ?= 3000
+# pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
+
+.PHONY: serve test test-fast data models bench build clean help
+
+help:
+	@echo "make serve    run the service on the models in models/ (http://127.0.0.1:$(PORT))"
+	@echo "make test     create $(VENV), install everything the tests need, run pytest"
+	@echo "make data     build the default datasets from Debian packages into data/"
+	@echo "make models   retrain, export and evaluate the whole default zoo (hours on a CPU)"
+	@echo "make build    bentoml build (the Bento: service + models, no torch)"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# serving only: bentoml, onnxruntime, numpy, pillow (no torch)
+$(VENV)/.stamp-serve: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e .
+	touch $@
+
+# training + tests: adds torch, onnx, pytest, ...
+$(VENV)/.stamp-dev: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e '.[train,test]'
+	touch $@ $(VENV)/.stamp-serve
+
+serve: $(VENV)/.stamp-serve
+	$(VENV)/bin/bentoml serve . --port $(PORT)
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.stamp-dev
+	$(PY) -m pytest -m "not slow"
+
+data: $(VENV)/.stamp-dev
+	$(PY) -m training prepare fashion-mnist
+	$(PY) -m training prepare photos
+
+build: $(VENV)/.stamp-serve
+	$(VENV)/bin/bentoml build .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

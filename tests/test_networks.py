@@ -1,0 +1,91 @@
+"""Shapes of every network at two sizes, and the size rules they enforce."""
+import pytest
+import torch
+
+from training.networks.cyclegan import ResnetConfig, ResnetGenerator
+from training.networks.dcgan import ConditionalGenerator, DCGANConfig, ProjectionDiscriminator
+from training.networks.pix2pix import PatchConfig, PatchDiscriminator, UNetConfig, UNetGenerator
+from training.networks.srgan import SRDiscriminator, SRDiscriminatorConfig, SRResNet, SRResNetConfig
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_dcgan_shapes(size):
+    cfg = DCGANConfig(latent_dim=16, num_classes=10, channels=1, image_size=size, ngf=8, ndf=8, embed_dim=4)
+    g, d = ConditionalGenerator(cfg), ProjectionDiscriminator(cfg)
+    z, y = torch.randn(3, 16), torch.tensor([0, 4, 9])
+    x = g(z, y)
+    assert x.shape == (3, 1, size, size)
+    assert x.abs().max() <= 1.0  # Tanh
+    assert d(x, y).shape == (3,)
+
+
+def test_dcgan_label_changes_output():
+    cfg = DCGANConfig(latent_dim=16, image_size=32, ngf=8, ndf=8)
+    g = ConditionalGenerator(cfg).eval()
+    z = torch.randn(1, 16)
+    assert not torch.allclose(g(z, torch.tensor([0])), g(z, torch.tensor([5])))
+
+
+def test_dcgan_rejects_unusable_size():
+    with pytest.raises(ValueError, match="image_size"):
+        ConditionalGenerator(DCGANConfig(image_size=22))
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 160)])
+def test_unet_shapes(hw):
+    g = UNetGenerator(UNetConfig(in_channels=1, out_channels=3, num_downs=5, ngf=4))
+    assert g(torch.randn(2, 1, *hw)).shape == (2, 3, *hw)
+
+
+def test_unet_multiple_and_depth():
+    assert UNetConfig(num_downs=8).multiple_of == 256
+    with pytest.raises(ValueError):
+        UNetGenerator(UNetConfig(num_downs=4))
+
+
+@pytest.mark.parametrize("n_layers,hw,out", [(3, 256, 30), (3, 128, 14), (2, 64, 14)])
+def test_patchgan_shapes(n_layers, hw, out):
+    d = PatchDiscriminator(PatchConfig(in_channels=4, ndf=8, n_layers=n_layers))
+    assert d(torch.randn(1, 4, hw, hw)).shape == (1, 1, out, out)
+
+
+def test_patchgan_receptive_field_is_70():
+    """One output logit of the 3-layer PatchGAN depends on a 70x70 input window."""
+    d = PatchDiscriminator(PatchConfig(in_channels=1, ndf=4, n_layers=3)).eval()
+    x = torch.zeros(1, 1, 256, 256, requires_grad=True)
+    y = d(x)
+    y[0, 0, 15, 15].backward()
+    rows = torch.nonzero(x.grad[0, 0].abs().sum(1)).flatten()
+    cols = torch.nonzero(x.grad[0, 0].abs().sum(0)).flatten()
+    assert rows.max() - rows.min() + 1 == 70
+    assert cols.max() - cols.min() + 1 == 70
+
+
+@pytest.mark.parametrize("hw", [(28, 28), (64, 48)])
+@pytest.mark.parametrize("blocks", [6, 9])
+def test_resnet_generator_shapes(hw, blocks):
+    g = ResnetGenerator(ResnetConfig(in_channels=1, out_channels=3, ngf=4, n_blocks=blocks))
+    assert sum(1 for m in g.modules() if m.__class__.__name__ == "ResnetBlock") == blocks
+    assert any(isinstance(m, torch.nn.ReflectionPad2d) for m in g.modules())
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in g.modules())
+    assert g(torch.randn(2, 1, *hw)).shape == (2, 3, *hw)
+
+
+@pytest.mark.parametrize("hw", [(24, 24), (17, 30)])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_srresnet_shapes(hw, scale):
+    g = SRResNet(SRResNetConfig(nf=8, n_blocks=2, scale=scale))
+    n_shuffle = sum(1 for m in g.modules() if isinstance(m, torch.nn.PixelShuffle))
+    assert n_shuffle == {2: 1, 4: 2}[scale]
+    assert g(torch.randn(1, 3, *hw)).shape == (1, 3, hw[0] * scale, hw[1] * scale)
+
+
+def test_srresnet_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        SRResNet(SRResNetConfig(scale=3))
+
+
+@pytest.mark.parametrize("hw", [(96, 96), (64, 80)])
+def test_sr_discriminator_any_size(hw):
+    d = SRDiscriminator(SRDiscriminatorConfig(ndf=4))
+    assert d(torch.randn(2, 3, *hw)).shape == (2,)

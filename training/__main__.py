@@ -1,0 +1,66 @@
+"""ganforge training CLI: `python -m training {train,prepare,export,eval} ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, resume=args.resume, out_dir=args.out)
+    return 0
+
+
+def _export(args) -> int:
+    from . import export
+    return export.main(args.rest) or 0
+
+
+def _eval(args) -> int:
+    from . import evaluate
+    return evaluate.main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    t = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train (or resume) a run. Overrides are dotted key=value pairs, "
+                                   "e.g. train.steps=200 train.device=cpu data.root=data/photos.")
+    t.add_argument("config", help="YAML config, e.g. training/configs/fashion.yaml")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+    t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run dir")
+    t.add_argument("--out", help="run folder (default: train.out_dir of the config)")
+    t.set_defaults(func=_train)
+
+    from . import prepare
+    pr = sub.add_parser("prepare", help="build a default dataset from Debian packages",
+                        description="Build a default dataset (fashion-mnist, photos) from Debian packages, "
+                                    "with a held-out split and a manifest.")
+    prepare.add_arguments(pr)
+    pr.set_defaults(func=prepare.run)
+
+    for name, func, text in (("export", _export, "export a checkpoint to ONNX and publish it into models/"),
+                             ("eval", _eval, "measure a published model on held-out data (writes its card)")):
+        s = sub.add_parser(name, help=text, add_help=False)
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        from .checkpoint import CheckpointError  # noqa: F401  (a RuntimeError)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

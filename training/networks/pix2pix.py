@@ -1,0 +1,108 @@
+"""pix2pix networks (Isola et al. 2017): U-Net generator and PatchGAN discriminator.
+
+Follows junyanz/pytorch-CycleGAN-and-pix2pix: the U-Net is built from the innermost
+block outwards; dropout in the three innermost decoder blocks; no norm at the
+outermost and innermost levels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layers import norm_layer
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    num_downs: int = 8  # 8 -> inputs must be multiples of 256 (1x1 bottleneck at 256x256)
+    ngf: int = 64
+    norm: str = "batch"
+    dropout: bool = True
+
+    @property
+    def multiple_of(self) -> int:
+        return 2**self.num_downs
+
+
+class UNetBlock(nn.Module):
+    """One U-Net level: down -> submodule -> up, with the skip concatenation."""
+
+    def __init__(self, outer: int, inner: int, in_ch: int | None = None, sub: nn.Module | None = None,
+                 outermost: bool = False, innermost: bool = False, norm: str = "batch", dropout: bool = False):
+        super().__init__()
+        self.outermost = outermost
+        in_ch = outer if in_ch is None else in_ch
+        norm_cls = norm_layer(norm)
+        use_bias = norm != "batch"
+        down = nn.Conv2d(in_ch, inner, 4, 2, 1, bias=use_bias)  # H -> H/2
+        if outermost:
+            up = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1)
+            layers = [down, sub, nn.ReLU(True), up, nn.Tanh()]
+        elif innermost:
+            up = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=use_bias)
+            layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True), up, norm_cls(outer)]
+        else:
+            up = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=use_bias)
+            layers = [nn.LeakyReLU(0.2, True), down, norm_cls(inner), sub, nn.ReLU(True), up, norm_cls(outer)]
+            if dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], dim=1)  # skip connection
+
+
+class UNetGenerator(nn.Module):
+    """image[N, in, H, W] -> image[N, out, H, W]; H and W multiples of 2**num_downs."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        if cfg.num_downs < 5:
+            raise ValueError("num_downs must be >= 5 (the outer four levels widen ngf -> 8*ngf)")
+        self.cfg = cfg
+        f, n = cfg.ngf, cfg.norm
+        block = UNetBlock(f * 8, f * 8, innermost=True, norm=n)  # 1/2^num_downs resolution
+        for _ in range(cfg.num_downs - 5):
+            block = UNetBlock(f * 8, f * 8, sub=block, norm=n, dropout=cfg.dropout)
+        block = UNetBlock(f * 4, f * 8, sub=block, norm=n)
+        block = UNetBlock(f * 2, f * 4, sub=block, norm=n)
+        block = UNetBlock(f, f * 2, sub=block, norm=n)
+        self.model = UNetBlock(cfg.out_channels, f, in_ch=cfg.in_channels, sub=block, outermost=True, norm=n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@dataclass
+class PatchConfig:
+    in_channels: int = 6  # pix2pix: input and output concatenated
+    ndf: int = 64
+    n_layers: int = 3  # 3 -> 70x70 receptive field
+    norm: str = "batch"
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: image[N, C, H, W] -> logits[N, 1, h, w], one per overlapping patch."""
+
+    def __init__(self, cfg: PatchConfig):
+        super().__init__()
+        norm_cls = norm_layer(cfg.norm)
+        use_bias = cfg.norm != "batch"
+        ch = cfg.ndf
+        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for i in range(1, cfg.n_layers + 1):
+            nxt = cfg.ndf * min(2**i, 8)
+            stride = 2 if i < cfg.n_layers else 1
+            layers += [nn.Conv2d(ch, nxt, 4, stride, 1, bias=use_bias), norm_cls(nxt), nn.LeakyReLU(0.2, True)]
+            ch = nxt
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

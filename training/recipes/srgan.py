@@ -1,0 +1,155 @@
+"""SRGAN (Ledig et al. 2017) in two stages.
+
+stage "pretrain": SRResNet with the pixel (MSE) loss only: the PSNR-oriented model.
+stage "gan": initialised from a pretrained SRResNet, adversarial fine-tuning with a
+content loss. content = "vgg19" is the paper's VGG5,4 feature loss (needs torchvision's
+VGG19 weights file locally); "feature_matching" matches the discriminator's own
+features and works offline; "auto" picks vgg19 when the file exists, else
+feature_matching, and says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint as ckpt
+from ..config import coerce
+from ..losses import GANLoss, VGGFeatureLoss, default_vgg19_path, feature_matching_loss
+from ..networks.layers import init_weights
+from ..networks.srgan import SRDiscriminator, SRDiscriminatorConfig, SRResNet, SRResNetConfig
+from .base import IMAGE_AXES, ExportSpec, Recipe, image_io
+
+
+@dataclass
+class SRGANModel:
+    generator: SRResNetConfig = None
+    discriminator: SRDiscriminatorConfig = None
+
+    def __post_init__(self):
+        self.generator = coerce(SRResNetConfig, self.generator, "generator")
+        self.discriminator = coerce(SRDiscriminatorConfig, self.discriminator, "discriminator")
+
+
+@dataclass
+class SRGANLoss:
+    stage: str = "pretrain"  # pretrain | gan
+    init_from: str | None = None  # stage gan: the SRResNet checkpoint to start from
+    pixel_weight: float = 1.0  # MSE on pixels (the whole loss in pretrain)
+    content: str = "auto"  # auto | vgg19 | feature_matching | none
+    content_weight: float = 0.006  # the paper's 1/12.75 rescaling of VGG features
+    adv_weight: float = 1e-3
+    vgg_weights: str | None = None  # default: torchvision's cache path ($TORCH_HOME/hub/checkpoints)
+    vgg_layer: str = "relu5_4"
+
+
+class SRGANRecipe(Recipe):
+    ModelConfig = SRGANModel
+    LossConfig = SRGANLoss
+    family = "srgan"
+    endpoint = "upscale"
+
+    def build(self) -> None:
+        L: SRGANLoss = self.cfg.loss
+        if L.stage not in ("pretrain", "gan"):
+            raise ValueError(f"loss.stage must be pretrain or gan, got {L.stage!r}")
+        # PyTorch default init: the N(0, 0.02) GAN init makes a 16-block residual net train slowly
+        self.nets["G"] = SRResNet(self.cfg.model.generator)
+        self.adam("G", [self.nets["G"]], self.cfg.train.lr_g)
+        self.content_mode = "none"
+        if L.stage == "gan":
+            self.nets["D"] = init_weights(SRDiscriminator(self.cfg.model.discriminator))
+            self.adam("D", [self.nets["D"]], self.cfg.train.lr_d)
+            self.gan = GANLoss("vanilla")
+            self.content_mode = self._pick_content(L)
+        self.vgg = None  # built at the first step: exporting a checkpoint must not need the VGG file
+
+    def _pick_content(self, L: SRGANLoss) -> str:
+        if L.content != "auto":
+            return L.content
+        path = Path(L.vgg_weights) if L.vgg_weights else default_vgg19_path()
+        if path.is_file():
+            return "vgg19"
+        print(f"srgan: VGG19 weights not found at {path}; content loss = feature_matching (offline fallback)")
+        return "feature_matching"
+
+    def _vgg(self) -> VGGFeatureLoss:
+        if self.vgg is None:
+            self.vgg = VGGFeatureLoss(self.cfg.loss.vgg_weights, self.cfg.loss.vgg_layer).to(self.device)
+        return self.vgg
+
+    def on_fresh_start(self) -> None:
+        """Stage gan starts from the pretrained SRResNet named by loss.init_from."""
+        if self.cfg.loss.stage != "gan" or not self.cfg.loss.init_from:
+            return
+        payload = ckpt.load(self.cfg.loss.init_from)
+        if payload.get("family") != "srgan":
+            raise ValueError(f"{self.cfg.loss.init_from}: not an srgan checkpoint ({payload.get('family')})")
+        self.nets["G"].load_state_dict(payload["nets"]["G"])
+
+    def train_step(self, batch, step):
+        L: SRGANLoss = self.cfg.loss
+        lr, hr = batch["lr"], batch["hr"]  # N x 3 x h x w, N x 3 x 4h x 4w
+        sr = self.ddp["G"](lr)
+        pixel = F.mse_loss(sr, hr)
+        if L.stage == "pretrain":
+            self.optimize("G", pixel)
+            return self.check_finite({"loss_G": pixel, "psnr": _psnr(sr.detach(), hr)}, step)
+
+        D = self.nets["D"]
+        d_real = self.ddp["D"](hr)
+        d_fake = self.ddp["D"](sr.detach())
+        loss_d = self.gan(d_real, True) + self.gan(d_fake, False)
+        self.optimize("D", loss_d)
+
+        self.set_requires_grad([D], False)
+        if self.content_mode == "feature_matching":
+            logits, feats_fake = _logits_and_features(D, sr)
+            _, feats_real = _logits_and_features(D, hr)
+            content = feature_matching_loss(feats_fake, feats_real)
+        else:
+            logits = D(sr)
+            content = self._vgg()(sr, hr) if self.content_mode == "vgg19" else torch.zeros((), device=self.device)
+        adv = self.gan(logits, True)
+        loss_g = L.pixel_weight * pixel + L.content_weight * content + L.adv_weight * adv
+        self.optimize("G", loss_g)
+        self.set_requires_grad([D], True)
+        return self.check_finite({"loss_G": loss_g, "pixel": pixel, "content": content, "adv": adv,
+                                  "loss_D": loss_d, "psnr": _psnr(sr.detach(), hr)}, step)
+
+    @torch.no_grad()
+    def sample_grid(self, batch):
+        """Rows of bicubic-upsampled LR | SR | HR."""
+        lr, hr = batch["lr"][:4].to(self.device), batch["hr"][:4].to(self.device)
+        G = self.nets["G"]
+        G.eval()
+        sr = G(lr).clamp(-1, 1)
+        G.train()
+        up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+        return torch.stack([up, sr, hr], 1).flatten(0, 1), 3
+
+    def export_specs(self):
+        g: SRResNetConfig = self.cfg.model.generator
+        card = {"input": image_io(g.in_channels, multiple_of=1, min_size=4, native_size=None),
+                "output": image_io(g.out_channels, scale=g.scale),
+                "tiling": {"tile": 128, "overlap": 12}}
+        return {"generator": ExportSpec(self.nets["G"], (torch.randn(1, g.in_channels, 24, 24),), ["image"],
+                                        IMAGE_AXES, card)}
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of images in [-1, 1] (a training-progress figure, RGB, no border crop)."""
+    mse = F.mse_loss(a.clamp(-1, 1), b).clamp_min(1e-10)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def _logits_and_features(D: SRDiscriminator, x: torch.Tensor):
+    feats = []
+    h = x
+    for layer in D.features:
+        h = layer(h)
+        if isinstance(layer, torch.nn.LeakyReLU):
+            feats.append(h)
+    return D.classifier(D.pool(h)).squeeze(1), feats
