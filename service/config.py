@@ -1,0 +1,107 @@
+"""Service settings, read from environment variables (all optional).
+
+| variable                    | default              | meaning |
+| --------------------------- | -------------------- | ------- |
+| GANFORGE_MODELS_DIR         | <repo>/models        | folder of model folders (docs/model-card.md). In a Bento the bundled `models/` sits next to `service/`, so the default finds it there too. |
+| GANFORGE_DEVICE             | auto                 | auto: CUDA when onnxruntime can use it, else CPU. cpu: never CUDA. cuda: refuse to start without a working CUDA provider. |
+| GANFORGE_CUDA_DEVICE_ID     | 0                    | GPU index for the CUDA provider. |
+| GANFORGE_AUTH_TOKEN         | (unset)              | when set, every request except /livez, /readyz, /healthz, /metrics needs `Authorization: Bearer <token>`. |
+| GANFORGE_MAX_UPLOAD_BYTES   | 20971520 (20 MiB)    | largest request body; larger -> 413. |
+| GANFORGE_MAX_INPUT_PIXELS   | 16777216 (4096^2)    | largest decoded input image (width*height); checked from the header before decoding -> 413. |
+| GANFORGE_MAX_OUTPUT_PIXELS  | 67108864 (8192^2)    | largest image the service will produce -> 413. |
+| GANFORGE_MAX_N              | 64                   | largest `n` (and interpolation `steps`) for /generate. |
+| GANFORGE_TILE               | 0                    | tile edge in input pixels for /upscale and /translate; 0 = the card's `tiling.tile` (256 if the card has none). |
+| GANFORGE_TILE_OVERLAP       | -1                   | tile overlap in input pixels; -1 = the card's `tiling.overlap` (16 if none). |
+| GANFORGE_ORT_THREADS        | 0                    | onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per physical core). |
+| GANFORGE_WORKERS            | 1                    | BentoML worker processes (each loads every model once). |
+| GANFORGE_THREADS            | 1                    | requests a worker runs at once (BentoML `threads`). |
+| GANFORGE_MAX_CONCURRENCY    | 32                   | /generate, /translate, /upscale requests in flight per worker (uploads included) before 429. |
+| GANFORGE_TIMEOUT_S          | 120                  | per-request timeout (BentoML answers 504). |
+
+Invalid values stop the service at startup with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = REPO_ROOT / "models"
+    device: str = "auto"
+    cuda_device_id: int = 0
+    auth_token: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_input_pixels: int = 4096 * 4096
+    max_output_pixels: int = 8192 * 8192
+    max_n: int = 64
+    tile: int = 0
+    tile_overlap: int = -1
+    ort_threads: int = 0
+    workers: int = 1
+    threads: int = 1
+    max_concurrency: int = 32
+    timeout_s: float = 120.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        device = env.get("GANFORGE_DEVICE", "auto").strip().lower() or "auto"
+        if device not in DEVICES:
+            raise SettingsError(f"GANFORGE_DEVICE={device!r} must be one of {', '.join(DEVICES)}")
+        models_dir = env.get("GANFORGE_MODELS_DIR", "").strip()
+        token = env.get("GANFORGE_AUTH_TOKEN", "")
+        return cls(
+            models_dir=Path(models_dir).expanduser().resolve() if models_dir else REPO_ROOT / "models",
+            device=device,
+            cuda_device_id=_int(env, "GANFORGE_CUDA_DEVICE_ID", 0, 0),
+            auth_token=token if token.strip() else None,
+            max_upload_bytes=_int(env, "GANFORGE_MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1),
+            max_input_pixels=_int(env, "GANFORGE_MAX_INPUT_PIXELS", cls.max_input_pixels, 1),
+            max_output_pixels=_int(env, "GANFORGE_MAX_OUTPUT_PIXELS", cls.max_output_pixels, 1),
+            max_n=_int(env, "GANFORGE_MAX_N", cls.max_n, 1),
+            tile=_int(env, "GANFORGE_TILE", 0, 0),
+            tile_overlap=_int(env, "GANFORGE_TILE_OVERLAP", -1, -1),
+            ort_threads=_int(env, "GANFORGE_ORT_THREADS", 0, 0),
+            workers=_int(env, "GANFORGE_WORKERS", 1, 1),
+            threads=_int(env, "GANFORGE_THREADS", 1, 1),
+            max_concurrency=_int(env, "GANFORGE_MAX_CONCURRENCY", cls.max_concurrency, 1),
+            timeout_s=_float(env, "GANFORGE_TIMEOUT_S", cls.timeout_s, 1.0),
+        )

@@ -1,0 +1,115 @@
+"""The three pipelines on a loaded model: arrays in, uint8 arrays out.
+
+Everything a pipeline needs comes from the model's card (ImageSpec /
+GenerateSpec); nothing here knows a model by name.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from PIL import Image
+
+from . import imaging
+from .errors import ApiError
+from .imaging import DecodedImage
+from .models import ImageSpec, ServedModel
+from .tiling import tile_and_blend
+
+logger = logging.getLogger("bentoml.ganforge")
+
+
+class ModelRunError(ApiError):
+    """The graph failed or answered a shape its card does not promise: a server fault (500)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(500, f"model {model!r} failed to run; see the server log")
+
+
+def run_session(model: ServedModel, role: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    try:
+        return model.sessions[role].run([output], feeds)[0]
+    except Exception:  # noqa: BLE001 - onnxruntime raises its own types
+        logger.exception("model %s (%s) failed", model.name, role)
+        raise ModelRunError(model.name) from None
+
+
+def image_runner(model: ServedModel, role: str):
+    """[1, C, h, w] -> [1, C', h*s, w*s]: pad to the card's multiple/min size, run, crop back."""
+    spec: ImageSpec = model.image_spec
+
+    def run(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[-2:]
+        padded = imaging.pad_to(np.ascontiguousarray(x, dtype=np.float32), spec.multiple_of, spec.min_size)
+        y = run_session(model, role, {spec.input_name: padded}, spec.output_name)
+        want = (padded.shape[0], spec.out_channels, padded.shape[2] * spec.scale, padded.shape[3] * spec.scale)
+        if y.shape != want:
+            logger.error("model %s (%s): output shape %s, card promises %s", model.name, role, y.shape, want)
+            raise ModelRunError(model.name)
+        return y[:, :, : h * spec.scale, : w * spec.scale]
+
+    return run
+
+
+def run_image_model(model: ServedModel, role: str, pixels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, C_in] -> uint8 [H*s, W*s, C_out], tiled when larger than the tile."""
+    spec = model.image_spec
+    x = imaging.to_float(pixels, spec.in_range)
+    y = tile_and_blend(image_runner(model, role), x, spec.tile, spec.overlap, spec.scale)
+    return imaging.to_pixels(y, spec.out_range)
+
+
+def translate_image(model: ServedModel, image: DecodedImage, role: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Same width and height out as in. A model with a native size runs at that size:
+    the input is resized to it (LANCZOS), and the output back to the input's size (BICUBIC)."""
+    spec = model.image_spec
+    pixels = imaging.to_channels(image.pixels, spec.in_channels)
+    if spec.native_size is not None:
+        nh, nw = spec.native_size
+        pixels = imaging.resize(pixels, nw, nh, Image.Resampling.LANCZOS)
+    out = run_image_model(model, role, pixels)
+    if spec.native_size is not None:
+        out = imaging.resize(out, image.width, image.height, Image.Resampling.BICUBIC)
+    return out, image.alpha
+
+
+def upscale_image(model: ServedModel, image: DecodedImage, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Native x`spec.scale` through the model; a smaller `scale` resizes that output down (LANCZOS).
+    Grayscale in -> grayscale out (a colour model's output is reduced to its luminance)."""
+    spec = model.image_spec
+    pixels = imaging.to_channels(image.pixels, spec.in_channels)
+    out = run_image_model(model, "generator", pixels)
+    if image.gray and out.shape[2] == 3:
+        out = imaging.luminance(out)
+    width, height = round(image.width * scale), round(image.height * scale)
+    width, height = max(width, 1), max(height, 1)
+    out = imaging.resize(out, width, height, Image.Resampling.LANCZOS)
+    alpha = image.alpha
+    if alpha is not None:
+        alpha = imaging.resize(alpha, width, height, Image.Resampling.LANCZOS)
+    return out, alpha
+
+
+def slerp(z0: np.ndarray, z1: np.ndarray, steps: int) -> np.ndarray:
+    """[D], [D] -> [steps, D] along the great circle (lerp when the two are (anti)parallel)."""
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float64)[:, None]
+    a, b = z0.astype(np.float64), z1.astype(np.float64)
+    cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return ((1 - t) * a + t * b).astype(np.float32)
+    return ((np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)).astype(np.float32)
+
+
+def generate_images(model: ServedModel, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """z float32 [N, D], labels int64 [N] -> uint8 [N, H, W, C]."""
+    spec = model.generate_spec
+    feeds = {spec.z_name: np.ascontiguousarray(z, dtype=np.float32)}
+    if spec.label_name is not None:
+        feeds[spec.label_name] = np.ascontiguousarray(labels, dtype=np.int64)
+    y = run_session(model, "generator", feeds, spec.output_name)
+    if y.ndim != 4 or y.shape[0] != z.shape[0] or y.shape[1] != spec.out_channels:
+        logger.error("model %s: output shape %s for N=%d", model.name, y.shape, z.shape[0])
+        raise ModelRunError(model.name)
+    return np.stack([imaging.to_pixels(img, spec.out_range) for img in y])

@@ -1,0 +1,267 @@
+"""ASGI middleware for what BentoML 1.4.39 has no setting for.
+
+In order, per HTTP request:
+1. bearer-token auth when GANFORGE_AUTH_TOKEN is set (401; /livez, /readyz,
+   /healthz and /metrics stay open);
+2. for the image APIs: Content-Type check (415), body size limit from
+   Content-Length and while reading (413), and for multipart bodies a parse
+   that requires exactly one *file* in `image` (400). The last one matters:
+   BentoML downloads a URL given as a text field in place of a file, and
+   turns a malformed multipart body into a 500;
+3. overload: more than GANFORGE_MAX_CONCURRENCY image-API requests in
+   flight in this worker (counted from the first byte of the body) -> 429
+   with Retry-After. BentoML's own traffic.max_concurrency is set to twice
+   that as a backstop: it wraps this middleware, so when it fires first its
+   answer is BentoML's {"error": "Too many requests"}, rewritten by nothing;
+4. every error answer (status >= 400) from BentoML or Starlette is rewritten
+   to this service's shape {"error": "...", "status": N}: BentoML answers
+   pydantic errors with {"error", "detail"}, its own exceptions with a JSON
+   *list* [{"error": ...}], and unknown routes with plain text.
+
+BentoML's own TimeoutMiddleware (504) and MaxConcurrencyMiddleware (429)
+wrap this one, so those two answers keep BentoML's body {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from .config import Settings
+from .errors import error_response
+
+logger = logging.getLogger("bentoml.ganforge")
+
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+BODY_TYPES = {
+    "/generate": "application/json",
+    "/translate": "multipart/form-data",
+    "/upscale": "multipart/form-data",
+}
+FILE_FIELD = "image"
+DEFAULT_MESSAGES = {
+    400: "bad request",
+    401: "missing or wrong bearer token",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    413: "request too large",
+    415: "unsupported media type",
+    422: "unprocessable request",
+    429: "too many requests",
+    500: "internal server error",
+    503: "service unavailable",
+    504: "timed out",
+}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _summarise_validation(detail: Any) -> str | None:
+    """BentoML's pydantic `detail` list -> one readable line."""
+    if not isinstance(detail, list) or not detail:
+        return None
+    parts = []
+    for item in detail[:5]:
+        if not isinstance(item, dict):
+            continue
+        loc = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body",))
+        msg = str(item.get("msg", "invalid value"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid request: " + "; ".join(parts) if parts else None
+
+
+def normalised_error_body(status: int, body: bytes, content_type: str) -> bytes | None:
+    """The {"error", "status"} body for an error answer, or None when it already is one."""
+    message = None
+    if "json" in content_type:
+        try:
+            data = json.loads(body or b"null")
+        except ValueError:
+            data = None
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        if isinstance(data, dict):
+            if set(data) == {"error", "status"} and data["status"] == status:
+                return None
+            message = _summarise_validation(data.get("detail")) or data.get("error")
+    if not isinstance(message, str) or not message:
+        message = DEFAULT_MESSAGES.get(status, "error")
+    return json.dumps({"error": message, "status": status}).encode()
+
+
+class ErrorBodySend:
+    """Wraps `send`: buffers an error answer and re-emits it in the service's JSON shape."""
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.start: dict | None = None
+        self.chunks: list[bytes] = []
+        self.started = False
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            if message["status"] >= 400:
+                self.start = message
+                return
+            await self.send(message)
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        start, self.start = self.start, None
+        status = start["status"]
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+        content_type = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), "")
+        body = b"".join(self.chunks)
+        new_body = normalised_error_body(status, body, content_type)
+        if new_body is not None:
+            body = new_body
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """A `receive` that yields the buffered body once, then defers to the real one."""
+    sent = False
+
+    async def _receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return _receive
+
+
+async def check_multipart(scope: dict, body: bytes, receive) -> str | None:
+    """None when the multipart body holds exactly one file in `image`, else the problem."""
+    request = Request({k: v for k, v in scope.items() if k != "app"}, replay(body, receive))
+    try:
+        form = await request.form(max_files=4, max_fields=32)
+    except Exception:  # noqa: BLE001 - python-multipart raises several types
+        return "malformed multipart/form-data body"
+    try:
+        files = form.getlist(FILE_FIELD)
+        if not files:
+            return f"send the image as a file in the multipart field '{FILE_FIELD}'"
+        if len(files) > 1:
+            return f"send exactly one file in '{FILE_FIELD}'"
+        if not isinstance(files[0], UploadFile):
+            return f"'{FILE_FIELD}' must be a file upload, not a text field"
+        for key, value in form.multi_items():
+            if key != FILE_FIELD and isinstance(value, UploadFile):
+                return f"unexpected file in field {key[:40]!r}; only '{FILE_FIELD}' takes a file"
+        return None
+    finally:
+        await form.close()
+
+
+class GanforgeMiddleware:
+    def __init__(self, app, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings if settings is not None else Settings.from_env()
+        token = self.settings.auth_token
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._in_flight = 0  # image-API requests in this worker; one event loop, so a plain int
+
+    def _authorised(self, scope: dict) -> bool:
+        given = (_header(scope, b"authorization") or "").strip().encode("latin-1", "replace")
+        return hmac.compare_digest(given, self._expected)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = ErrorBodySend(send)
+        try:
+            await self._handle(scope, receive, send)
+        except Exception:
+            # Answer now: an exception escaping here would otherwise hold the
+            # client until BentoML's TimeoutMiddleware fires (traffic.timeout).
+            logger.exception("unhandled error on %s", scope.get("path"))
+            if send.started:
+                raise
+            await error_response(500, "internal server error")(scope, receive, send)
+
+    async def _handle(self, scope, receive, send: "ErrorBodySend") -> None:
+        path = scope["path"]
+        if self._expected is not None and path not in OPEN_PATHS and not self._authorised(scope):
+            response = error_response(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        wanted = BODY_TYPES.get(path)
+        if wanted is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        limit = self.settings.max_concurrency
+        if self._in_flight >= limit:
+            response = error_response(429, f"too many requests in flight (limit {limit}); retry shortly",
+                                      {"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        self._in_flight += 1
+        try:
+            problem = await self._check_body(scope, receive, wanted)
+            if isinstance(problem, tuple):
+                await error_response(*problem)(scope, receive, send)
+                return
+            await self.app(scope, replay(problem, receive), send)
+        finally:
+            self._in_flight -= 1
+
+    async def _check_body(self, scope, receive, wanted: str) -> bytes | tuple[int, str]:
+        """The buffered body, or (status, message) to refuse it."""
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != wanted:
+            shown_type = content_type[:60] or "none"
+            return 415, f"Content-Type must be {wanted} for {scope['path']}, got {shown_type}"
+        limit = self.settings.max_upload_bytes
+        length = _header(scope, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            return 413, f"request body is {int(length)} bytes; the limit is {limit} bytes"
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge:
+            return 413, f"request body is larger than the limit of {limit} bytes"
+        if wanted == "multipart/form-data":
+            problem = await check_multipart(scope, body, receive)
+            if problem is not None:
+                return 400, problem
+        return body

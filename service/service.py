@@ -1,0 +1,144 @@
+"""The BentoML service: `bentoml serve service.service:Ganforge` (or `bentoml serve .`).
+
+Endpoints (names are the contract of /work/shared/DESIGN.md):
+  POST /generate   JSON          -> image (one, or a grid for n > 1, or an interpolation strip)
+  POST /translate  multipart     -> image, same width and height as the input
+  POST /upscale    multipart     -> image, x native scale (or a smaller `scale`)
+  GET  /models                   -> {"device": ..., "models": [...]} (cards' public fields + status)
+  /livez /readyz /healthz /metrics /docs.json: BentoML's.
+
+The API methods return a Starlette `Response` (image bytes + media type +
+headers), which BentoML 1.4.39 passes through untouched; their return
+annotation only documents the output in OpenAPI. Client errors come back as
+JSON {"error": "...", "status": N} (see middleware.py and errors.py).
+
+Imports onnxruntime, numpy, pillow, bentoml. Never torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional, Union
+
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import BeforeValidator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import handlers, imaging
+from .config import Settings
+from .errors import ApiError
+from .handlers import Interpolation
+from .middleware import GanforgeMiddleware
+from .models import ModelRegistry
+
+logger = logging.getLogger("bentoml.ganforge")
+
+# Decorator-time settings (workers, threads, traffic) come from the
+# environment when the module is imported, i.e. when `bentoml serve` starts.
+_BOOT = Settings.from_env()
+
+
+def _as_text(value: Any) -> Any:
+    # BentoML json-decodes multipart text fields, so a model named "1" arrives as int 1.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[Optional[str], BeforeValidator(_as_text)]
+ImageOut = Annotated[Path, ContentType("image/*")]
+
+
+def _image_response(fn, *args: Any, **kwargs: Any) -> Response:
+    try:
+        result = fn(*args, **kwargs)
+    except ApiError as exc:
+        if exc.status >= 500:
+            logger.error("%s", exc.message)
+        return exc.response()
+    return Response(content=result.body, media_type=result.media_type, headers=result.headers)
+
+
+async def list_models(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(service.registry.describe())
+
+
+models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+
+
+@bentoml.asgi_app(models_app, path="/")
+@bentoml.service(
+    name="ganforge",
+    workers=_BOOT.workers,
+    threads=_BOOT.threads,
+    # BentoML's limit is per service (split across workers) and answers 429 in its own
+    # body shape; the middleware enforces GANFORGE_MAX_CONCURRENCY per worker first.
+    traffic={"timeout": _BOOT.timeout_s, "max_concurrency": 2 * _BOOT.max_concurrency * _BOOT.workers},
+)
+class Ganforge:
+    """GAN generators on onnxruntime: generate, translate, upscale."""
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        imaging.configure_pillow(self.settings.max_input_pixels)
+        self.registry = ModelRegistry.load(self.settings)
+        ready = sum(m.ready for m in self.registry.models.values())
+        logger.info("ganforge: %d model(s), %d ready, device %s, models dir %s",
+                    len(self.registry.models), ready, self.registry.device, self.settings.models_dir)
+
+    @bentoml.api(route="/generate")
+    def generate(
+        self,
+        model: Text = None,
+        label: Union[int, str, None] = None,
+        n: Optional[int] = None,
+        seed: Optional[int] = None,
+        latent: Optional[list[list[float]]] = None,
+        interpolate: Optional[Interpolation] = None,
+        format: Text = None,
+        quality: Optional[int] = None,
+    ) -> ImageOut:
+        """New images from a (conditional) generator. The seed used is echoed in `X-Seed`."""
+        return _image_response(
+            handlers.generate, self.registry, self.settings, model=model, label=label, n=n, seed=seed,
+            latent=latent, interpolate=interpolate, format=format, quality=quality,
+        )
+
+    @bentoml.api(route="/translate")
+    def translate(
+        self,
+        image: Path,
+        model: Text = None,
+        direction: Text = None,
+        format: Text = None,
+        quality: Optional[int] = None,
+    ) -> ImageOut:
+        """Image-to-image translation (pix2pix; CycleGAN with `direction` a2b | b2a). Same size out."""
+        return _image_response(
+            handlers.translate, self.registry, self.settings, image=image, model=model,
+            direction=direction, format=format, quality=quality,
+        )
+
+    @bentoml.api(route="/upscale")
+    def upscale(
+        self,
+        image: Path,
+        model: Text = None,
+        scale: Optional[float] = None,
+        format: Text = None,
+        quality: Optional[int] = None,
+    ) -> ImageOut:
+        """Super-resolution at the model's native scale, or a smaller `scale` (LANCZOS from native)."""
+        return _image_response(
+            handlers.upscale, self.registry, self.settings, image=image, model=model,
+            scale=scale, format=format, quality=quality,
+        )
+
+
+Ganforge.add_asgi_middleware(GanforgeMiddleware)
