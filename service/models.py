@@ -285,6 +285,22 @@ def cuda_options(settings: Settings) -> dict[str, str]:
     }
 
 
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip wheels when they are installed.
+
+    The GPU Bento installs `onnxruntime-gpu[cuda,cudnn]`, whose CUDA 13 runtime
+    lives in site-packages, not on the loader path; `preload_dlls` finds it.
+    Harmless where the libraries are on the system path or absent.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # noqa: BLE001 - a failed preload only means the probe decides
+        logger.info("onnxruntime.preload_dlls() could not load the CUDA libraries", exc_info=True)
+
+
 def resolve_providers(settings: Settings) -> list:
     """The provider list every session gets, after checking CUDA really works here.
 
@@ -295,6 +311,7 @@ def resolve_providers(settings: Settings) -> list:
     cuda_entry = (CUDA, cuda_options(settings))
     works = False
     if CUDA in ort.get_available_providers():
+        preload_cuda_libraries()
         try:
             probe = ort.InferenceSession(_PROBE_MODEL, providers=[cuda_entry, CPU])
             works = CUDA in probe.get_providers()

@@ -250,3 +250,17 @@ def test_bentoml_build_offline(tmp_path):
     src = next((tmp_path / "home" / "bentos" / "ganforge").glob("*/src"))
     assert (src / "service" / "service.py").is_file() and (src / "models").is_dir()
     assert not list(src.rglob("*.pyc")) and not (src / "tests").exists() and not (src / "training").exists()
+
+
+def test_bentoml_build_gpu_variant(tmp_path):
+    """The GPU Bento: onnxruntime-gpu with the pip CUDA 13 runtime + cuDNN, no torch, device=cuda."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.run([str(BENTOML), "build", "-f", "bentofile.gpu.yaml", "--output", "tag"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bento = next((tmp_path / "home" / "bentos" / "ganforge-gpu").glob("*/"))
+    requirements = "\n".join(p.read_text() for p in bento.rglob("requirements*.txt"))
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in requirements
+    assert "torch" not in requirements
+    dockerfile = next(bento.rglob("Dockerfile")).read_text()
+    assert "GANFORGE_DEVICE" in dockerfile and "cuda" in dockerfile
