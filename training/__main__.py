@@ -14,14 +14,21 @@ def _train(args) -> int:
     return 0
 
 
-def _export(args) -> int:
+def _export(argv: list[str]) -> int:
     from . import export
-    return export.main(args.rest) or 0
+    return export.main(argv) or 0
 
 
-def _eval(args) -> int:
+def _eval(argv: list[str]) -> int:
     from . import evaluate
-    return evaluate.main(args.rest) or 0
+    return evaluate.main(argv) or 0
+
+
+# verbs whose module parses its own arguments (so `export --rollback NAME` and `eval --help` work)
+DELEGATED = {
+    "export": (_export, "export a checkpoint to ONNX and publish it into models/ (--rollback, --verify)"),
+    "eval": (_eval, "measure a published model on held-out data (writes its card)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,20 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_arguments(pr)
     pr.set_defaults(func=prepare.run)
 
-    for name, func, text in (("export", _export, "export a checkpoint to ONNX and publish it into models/"),
-                             ("eval", _eval, "measure a published model on held-out data (writes its card)")):
-        s = sub.add_parser(name, help=text, add_help=False)
-        s.add_argument("rest", nargs=argparse.REMAINDER)
-        s.set_defaults(func=func)
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in DELEGATED:
+            return DELEGATED[argv[0]][0](argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        from .checkpoint import CheckpointError  # noqa: F401  (a RuntimeError)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # CheckpointError, DataError included
         print(f"error: {e}", file=sys.stderr)
         return 2
 

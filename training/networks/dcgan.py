@@ -21,6 +21,7 @@ class DCGANConfig:
     ngf: int = 64
     ndf: int = 64
     embed_dim: int = 50
+    minibatch_std: bool = False  # D sees the batch's feature spread (Karras 2018): counters mode collapse
 
 
 def _stages(image_size: int) -> tuple[int, int]:
@@ -75,12 +76,18 @@ class ProjectionDiscriminator(nn.Module):
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
         self.features = nn.Sequential(*layers)  # N x ch x base x base
-        self.head = nn.Conv2d(ch, 1, base, 1, 0)  # N x 1 x 1 x 1
+        self.minibatch_std = cfg.minibatch_std
+        self.head = nn.Conv2d(ch + int(cfg.minibatch_std), 1, base, 1, 0)  # N x 1 x 1 x 1
         self.embed = nn.Embedding(cfg.num_classes, ch)
         nn.init.xavier_uniform_(self.embed.weight)  # N(0, 1) would swamp the unconditional logit
 
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         h = self.features(image)
-        unconditional = self.head(h).flatten(1).squeeze(1)
+        head_in = h
+        if self.minibatch_std:
+            # one extra channel: the mean over features of the per-feature std across the batch
+            spread = h.std(dim=0, unbiased=False).mean().expand(h.shape[0], 1, *h.shape[2:])
+            head_in = torch.cat([h, spread], dim=1)
+        unconditional = self.head(head_in).flatten(1).squeeze(1)
         projection = (self.embed(label) * h.sum(dim=(2, 3))).sum(dim=1)
         return unconditional + projection

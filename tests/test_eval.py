@@ -1,0 +1,207 @@
+"""Held-out evaluation through onnxruntime: metric definitions, tiling, the classifier, every family's figures."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tiny_configs import tiny_raw
+from training import checkpoint as ckpt
+from training import evaluate as ev
+from training import export as ex
+from training.classifier import ClassifierConfig, ensure_classifier, to_classifier_input
+from training.config import load_config
+from training.train import train
+
+CLASSIFIER_STEPS = 20
+
+
+def quiet(*args, **kwargs) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def models(tiny_datasets, tmp_path_factory) -> Path:
+    """A models folder with one tiny exported model per family (TorchScript exporter, no fp16: fast)."""
+    runs, out = tmp_path_factory.mktemp("eval-runs"), tmp_path_factory.mktemp("eval-models")
+    for family in ("dcgan", "pix2pix", "cyclegan", "srgan"):
+        raw = tiny_raw(family, tiny_datasets)
+        raw["train"].update(steps=2, ckpt_every=2, sample_every=2)
+        run = train(load_config(None, raw=raw), out_dir=runs / family, log=quiet)
+        ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], f"tiny-{family}", out, exporter="torchscript",
+                             fp16=False, log=quiet)
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("classifier")
+
+
+def evaluate(models: Path, family: str, cache: Path, **kw) -> tuple[dict, dict]:
+    folder = models / f"tiny-{family}"
+    before = ex.verify_model_dir(folder)
+    result = ev.evaluate_model(folder, classifier_cache=cache, classifier_steps=CLASSIFIER_STEPS, log=quiet, **kw)
+    card = ex.verify_model_dir(folder, deep=True)  # sha256s still hold: only card.json changed
+    assert card["metrics"]["heldout"] == json.loads(json.dumps(result))
+    assert card["version"] == before["version"] and card["files"] == before["files"]
+    assert card["metrics"]["parity_max_abs"] == before["metrics"]["parity_max_abs"]
+    assert result["split"] == "test" and result["model_version"] == card["version"]
+    assert "onnxruntime" in result["runtime"]
+    return result, card
+
+
+def finite(*values) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in values)
+
+
+# ------------------------------------------------------------------ metric definitions
+
+def test_metric_definitions():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    assert ev.psnr(img, img) == 100.0
+    off = np.clip(img.astype(int) + 1, 0, 255).astype(np.uint8)
+    mse = np.mean((off.astype(float) - img) ** 2)
+    assert ev.psnr(off, img) == pytest.approx(10 * math.log10(255 ** 2 / mse))
+    y = ev.rgb_to_y(img)
+    assert ev.ssim(y, y) == pytest.approx(1.0)
+    assert ev.ssim(y, y + rng.normal(0, 20, y.shape)) < 0.9
+    assert ev.rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0)
+    assert ev.rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0)
+    p, s = ev.y_scores(img, img, border=4)
+    assert p == 100.0 and s == pytest.approx(1.0)
+    grey = np.repeat(rng.integers(0, 256, (20, 20, 1), dtype=np.uint8), 3, 2)
+    assert ev.colourfulness(grey) == 0.0
+    assert ev.colourfulness(img) > 50
+    f = rng.normal(size=(500, 6))
+    assert abs(ev.frechet_distance(f, f)) < 1e-8
+    shift = np.arange(6, dtype=float)
+    assert ev.frechet_distance(f, f + shift) == pytest.approx(float((shift ** 2).sum()), rel=1e-6)
+    assert ev.frechet_distance(f, 3 * f) > 10
+    px = rng.integers(0, 256, (2, 3, 5, 5), dtype=np.uint8)
+    assert np.array_equal(ev.to_pixels(ev.to_graph(px, [-1.0, 1.0]), [-1.0, 1.0]), px)
+    assert np.array_equal(ev.to_pixels(ev.to_graph(px, [0.0, 1.0]), [0.0, 1.0]), px)
+
+
+def test_classifier_input_handles_sizes():
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    out = to_classifier_input(x)
+    assert out.shape == (3, 1, 28, 28) and out.dtype == np.float32
+    assert np.allclose(out[:, 0], x[:, 2:30, 2:30] / 127.5 - 1, atol=1e-6)
+    assert to_classifier_input(np.zeros((2, 1, 64, 64), np.float32)).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="grayscale"):
+        to_classifier_input(np.zeros((2, 3, 28, 28), np.uint8))
+
+
+def nearest_x2(path: Path) -> Path:
+    """A pointwise x2 upscaler (nearest Resize): tiled output must equal the whole-image output."""
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    node = helper.make_node("Resize", ["image", "", "scales"], ["output"], mode="nearest")
+    graph = helper.make_graph([node], "x2", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, "H2", "W2"])],
+                              [scales])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    return path
+
+
+def test_tiled_run_matches_whole_image(tmp_path):
+    sess = ev.session(nearest_x2(tmp_path / "x2.onnx"))
+    card = {"input": {"multiple_of": 1, "min_size": 1}, "output": {"channels": 3, "scale": 2},
+            "tiling": {"tile": 16, "overlap": 4}}
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 45, 37)).astype(np.float32)
+    whole = sess.run(["output"], {"image": x})[0]
+    tiled = ev.run_tiled(sess, x, card)
+    assert tiled.shape == whole.shape == (1, 3, 90, 74)
+    assert np.abs(tiled - whole).max() < 1e-6
+    card["input"]["multiple_of"] = 8  # reflect-padded to 48 x 40, cropped back
+    assert ev.run_padded(sess, x, 8, 1, 2).shape == (1, 3, 90, 74)
+
+
+# ------------------------------------------------------------------ the classifier
+
+def test_classifier_trains_on_train_split_and_caches(tiny_datasets, classifier_cache):
+    logs: list[str] = []
+    clf = ensure_classifier(tiny_datasets["fashion"], classifier_cache, ClassifierConfig(steps=CLASSIFIER_STEPS),
+                            log=logs.append)
+    assert any("training the Fashion-MNIST classifier" in m for m in logs)
+    info = clf.info
+    assert 0.0 <= info["test_accuracy"] <= 1.0 and info["test_count"] == 32 and info["steps"] == CLASSIFIER_STEPS
+    assert (classifier_cache / "fashion-classifier.onnx").is_file()
+    payload = ckpt.load(classifier_cache / "fashion-classifier.pt")  # weights-only loadable
+    assert payload["family"] == "classifier"
+    logits, feats = clf.predict(np.zeros((5, 32, 32), np.uint8))
+    assert logits.shape == (5, 10) and feats.shape == (5, 128)
+    logs.clear()
+    again = ensure_classifier(tiny_datasets["fashion"], classifier_cache, ClassifierConfig(steps=CLASSIFIER_STEPS),
+                              log=logs.append)
+    assert not logs and again.info == info  # cached: no retraining
+
+
+# ------------------------------------------------------------------ every family
+
+def test_eval_upscale(models, classifier_cache, tmp_path):
+    result, card = evaluate(models, "srgan", classifier_cache, crop=48, anchors_dir=tmp_path / "no-anchors")
+    assert finite(result["psnr_y"], result["ssim_y"], result["bicubic_psnr_y"], result["bicubic_ssim_y"])
+    assert result["images"] == 6 and result["border"] == 4 and result["hr_crop"] == [48, 48]
+    assert -1 <= result["ssim_y"] <= 1 and result["bicubic_psnr_y"] > 15
+    assert "anchors_note" in result and "anchors" not in result
+    full, _ = evaluate(models, "srgan", classifier_cache, crop=0, limit=2, anchors_dir=None)
+    assert full["images"] == 2 and full["hr_crop"] == "full"
+
+
+def test_eval_colorize(models, classifier_cache):
+    result, _ = evaluate(models, "pix2pix", classifier_cache)
+    for key in ("l1", "psnr", "input_l1", "input_psnr", "colourfulness", "target_colourfulness",
+                "input_colourfulness"):
+        assert finite(result[key]), key
+    assert 0 <= result["l1"] <= 1 and result["input_colourfulness"] == 0.0
+    assert 0 < result["input_psnr"] < 100 and 0 < result["psnr"] < 100
+    assert result["target_colourfulness"] > 0
+    assert result["images"] == 6 and result["crops"] == 36  # 6 photos x 6 crops (>= 32 crops in all)
+    limited, _ = evaluate(models, "pix2pix", classifier_cache, limit=3)
+    assert limited["crops"] == 3
+
+
+def test_eval_cyclegan(models, classifier_cache):
+    result, _ = evaluate(models, "cyclegan", classifier_cache)
+    assert finite(result["cycle_l1_a"], result["cycle_l1_b"])
+    assert 0 <= result["cycle_l1_a"] <= 1 and 0 <= result["cycle_l1_b"] <= 1
+    for key in ("a2b_target_share", "b2a_target_share", "real_a_share", "real_b_share",
+                "unchanged_a2b_share", "unchanged_b2a_share"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["domains"] == {"a": "Sneaker", "b": "Ankle boot"}
+    assert result["images_a"] >= 1 and result["images_b"] >= 1
+    assert 0 <= result["classifier"]["test_accuracy"] <= 1
+
+
+def test_eval_generate(models, classifier_cache):
+    result, card = evaluate(models, "dcgan", classifier_cache, samples_per_class=4, limit=20)
+    assert result["samples"] == 40 and result["heldout_images"] == 20
+    assert set(result["class_match_per_class"]) == set(card["classes"])
+    assert 0 <= result["class_match"] <= 1
+    assert result["class_match"] == pytest.approx(np.mean(list(result["class_match_per_class"].values())))
+    assert finite(result["frechet_distance"], result["frechet_distance_real_train"])
+    assert result["frechet_distance_real_train"] >= -1e-6
+    assert "test_accuracy" in result["classifier"]
+
+
+def test_eval_cli(models, classifier_cache, capsys, tmp_path):
+    name = "tiny-dcgan"
+    args = ["--models", str(models), "--classifier-cache", str(classifier_cache),
+            "--classifier-steps", str(CLASSIFIER_STEPS), "--samples-per-class", "2", "--limit", "10"]
+    before = (models / name / "card.json").read_text()
+    assert ev.main([name, *args, "--dry-run"]) == 0
+    assert (models / name / "card.json").read_text() == before
+    assert ev.main([name, *args]) == 0
+    assert json.loads((models / name / "card.json").read_text())["metrics"]["heldout"]["samples"] == 20
+    capsys.readouterr()
+    assert ev.main(["no-such-model", *args]) == 2
+    assert "card.json is missing" in capsys.readouterr().err
+    assert ev.main([name, *args, "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
