@@ -19,6 +19,16 @@ def test_dcgan_shapes(size):
     assert d(x, y).shape == (3,)
 
 
+def test_dcgan_minibatch_std_sees_the_batch_spread():
+    cfg = DCGANConfig(latent_dim=16, image_size=32, ngf=8, ndf=8, minibatch_std=True)
+    d = ProjectionDiscriminator(cfg).eval()
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    same = x[:1].expand(4, -1, -1, -1)
+    # the first image's logit changes when the rest of the batch changes: D sees the spread
+    assert not torch.allclose(d(x, y)[0], d(torch.cat([x[:1], same[1:]]), y)[0])
+    assert d(x, y).shape == (4,)
+
+
 def test_dcgan_label_changes_output():
     cfg = DCGANConfig(latent_dim=16, image_size=32, ngf=8, ndf=8)
     g = ConditionalGenerator(cfg).eval()
