@@ -28,8 +28,9 @@ class ModelRunError(ApiError):
 
 
 def run_session(model: ServedModel, role: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    runner = model.runners.get(role) or model.sessions[role]  # the batcher, when batching is on
     try:
-        return model.sessions[role].run([output], feeds)[0]
+        return runner.run([output], feeds)[0]
     except Exception:  # noqa: BLE001 - onnxruntime raises its own types
         logger.exception("model %s (%s) failed", model.name, role)
         raise ModelRunError(model.name) from None

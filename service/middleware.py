@@ -2,7 +2,8 @@
 
 In order, per HTTP request:
 1. bearer-token auth when GANFORGE_AUTH_TOKEN is set (401; /livez, /readyz,
-   /healthz and /metrics stay open);
+   /healthz, /metrics and the demo page's static files under /ui stay open:
+   the page sends the token its user types in with its API calls);
 2. for the image APIs: Content-Type check (415), body size limit from
    Content-Length and while reading (413), and for multipart bodies a parse
    that requires exactly one *file* in `image` (400). The last one matters:
@@ -34,6 +35,7 @@ from starlette.requests import Request
 
 from .config import Settings
 from .errors import error_response
+from .ui import is_ui_path
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -201,6 +203,10 @@ class GanforgeMiddleware:
         self._expected = f"Bearer {token}".encode() if token else None
         self._in_flight = 0  # image-API requests in this worker; one event loop, so a plain int
 
+    @staticmethod
+    def _open(path: str) -> bool:
+        return path in OPEN_PATHS or is_ui_path(path)
+
     def _authorised(self, scope: dict) -> bool:
         given = (_header(scope, b"authorization") or "").strip().encode("latin-1", "replace")
         return hmac.compare_digest(given, self._expected)
@@ -222,7 +228,7 @@ class GanforgeMiddleware:
 
     async def _handle(self, scope, receive, send: "ErrorBodySend") -> None:
         path = scope["path"]
-        if self._expected is not None and path not in OPEN_PATHS and not self._authorised(scope):
+        if self._expected is not None and not self._open(path) and not self._authorised(scope):
             response = error_response(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return

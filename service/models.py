@@ -25,6 +25,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from .batching import SessionBatcher
 from .config import Settings
 from .errors import ApiError, not_found, shown, unprocessable
 
@@ -88,6 +89,7 @@ class ServedModel:
     reason: str | None = None
     provider: str | None = None
     sessions: dict[str, ort.InferenceSession] = field(default_factory=dict, repr=False)
+    runners: dict[str, SessionBatcher] = field(default_factory=dict, repr=False)
     image_spec: ImageSpec | None = None
     generate_spec: GenerateSpec | None = None
 
@@ -120,6 +122,8 @@ class ServedModel:
                 out[key] = card[key]
         if self.directions:
             out["directions"] = list(self.directions)
+        if self.runners:
+            out["batching"] = {role: runner.describe() for role, runner in self.runners.items()}
         training = card.get("training")
         if isinstance(training, dict):
             out["training"] = {k: training[k] for k in ("dataset", "steps", "git_commit") if k in training}
@@ -471,5 +475,8 @@ def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel
         model.reason = f"GANFORGE_DEVICE=cuda but onnxruntime placed it on {model.provider}"
         model.sessions.clear()
         return model
+    if settings.batch_max > 1:
+        model.runners = {role: SessionBatcher(session.run, settings.batch_max, f"{model.name}-{role}")
+                         for role, session in model.sessions.items()}
     model.status = "ready"
     return model

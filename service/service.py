@@ -5,6 +5,7 @@ Endpoints (names are the contract of /work/shared/DESIGN.md):
   POST /translate  multipart     -> image, same width and height as the input
   POST /upscale    multipart     -> image, x native scale (or a smaller `scale`)
   GET  /models                   -> {"device": ..., "models": [...]} (cards' public fields + status)
+  GET  /ui                       -> the demo page (service/ui/: static HTML/CSS/JS)
   /livez /readyz /healthz /metrics /docs.json: BentoML's.
 
 The API methods return a Starlette `Response` (image bytes + media type +
@@ -29,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import handlers, imaging
+from . import handlers, imaging, ui
 from .config import Settings
 from .errors import ApiError
 from .handlers import Interpolation
@@ -69,7 +70,7 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(service.registry.describe())
 
 
-models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), *ui.routes])
 
 
 @bentoml.asgi_app(models_app, path="/")

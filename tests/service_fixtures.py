@@ -17,10 +17,17 @@ Also: small helpers that craft image bytes for the bad-input tests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -368,3 +375,68 @@ def animated_gif(buf) -> None:
 
     frames = [Image.new("RGB", (16, 16), color) for color in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+# ---------------------------------------------------------------- a real `bentoml serve`
+
+REPO = Path(__file__).resolve().parent.parent
+BENTOML = Path(sys.executable).parent / "bentoml"
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(models: Path, tmp: Path, **env_overrides: str):
+    """`bentoml serve service.service:Ganforge` on a free loopback port, ready; yields (base_url, log_path)."""
+    import httpx
+
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    env = {
+        **os.environ,
+        "GANFORGE_MODELS_DIR": str(models),
+        "GANFORGE_DEVICE": "auto",
+        "BENTOML_HOME": str(tmp / "bentoml_home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        **env_overrides,
+    }
+    if "GANFORGE_AUTH_TOKEN" not in env_overrides:
+        env.pop("GANFORGE_AUTH_TOKEN", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)  # polling interval, not an assertion
+        yield base, log_path
+    finally:
+        stop_process_group(proc)

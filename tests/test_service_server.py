@@ -4,43 +4,21 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from service_fixtures import encode, png_claiming_size, synthetic_photo, write_fixture_models
+from service_fixtures import (BENTOML, REPO, encode, png_claiming_size, running_server, synthetic_photo,
+                              write_fixture_models)
 
-REPO = Path(__file__).resolve().parent.parent
-BENTOML = Path(sys.executable).parent / "bentoml"
-STARTUP_TIMEOUT_S = 120
 MAX_IN_FLIGHT = 3
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -49,39 +27,8 @@ def svc_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("svc_server")
     models = tmp / "models"
     write_fixture_models(models)
-    port = _free_port()
-    log_path = tmp / "server.log"
-    env = {
-        **os.environ,
-        "GANFORGE_MODELS_DIR": str(models),
-        "GANFORGE_DEVICE": "auto",
-        "GANFORGE_MAX_CONCURRENCY": str(MAX_IN_FLIGHT),
-        "BENTOML_HOME": str(tmp / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
-    env.pop("GANFORGE_AUTH_TOKEN", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)  # polling interval, not an assertion
-        yield base, log_path
-    finally:
-        _stop(proc)
+    with running_server(models, tmp, GANFORGE_MAX_CONCURRENCY=str(MAX_IN_FLIGHT)) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

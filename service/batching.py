@@ -1,0 +1,120 @@
+"""Adaptive batching: one runner thread per session merges queued same-shaped requests.
+
+An idle runner takes a request at once: there is no waiting window, so a lone
+request pays only a thread hand-off. While the session is busy, arriving
+requests queue; the next run takes the oldest one together with every other
+queued request whose inputs have the same non-batch shapes and dtypes, up to
+`max_batch` rows, concatenated along the batch axis. Batching thus happens
+exactly when there is load, and only between requests that can share a graph
+run (/generate calls of one model; /translate and tiles of one size).
+
+Running every call of a session from one thread also keeps onnxruntime's
+intra-op thread pool from being oversubscribed by concurrent requests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+RunFn = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Job:
+    feeds: dict[str, np.ndarray]
+    key: tuple
+    rows: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[np.ndarray] | None = None
+    error: BaseException | None = None
+
+
+def _key(feeds: dict[str, np.ndarray]) -> tuple:
+    return tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(feeds.items()))
+
+
+class SessionBatcher:
+    """`run(outputs, feeds)` with the semantics of `InferenceSession.run`, batched under load."""
+
+    def __init__(self, run: RunFn, max_batch: int, name: str = "session") -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._outputs: list[str] | None = None
+        self.stats = {"runs": 0, "requests": 0, "max_rows": 0}
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rows = {a.shape[0] for a in feeds.values()}
+        if len(rows) != 1:
+            raise ValueError(f"inputs disagree on the batch size: {sorted(rows)}")
+        job = _Job(feeds, (tuple(outputs), _key(feeds)), rows.pop())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._queue.append(job)
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _take(self) -> list[_Job]:
+        """The oldest job plus every queued job that can share its run (queue lock held)."""
+        first = self._queue.popleft()
+        jobs, rows = [first], first.rows
+        for job in list(self._queue):
+            if job.key == first.key and rows + job.rows <= self.max_batch:
+                self._queue.remove(job)
+                jobs.append(job)
+                rows += job.rows
+        return jobs
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue:
+                    return
+                jobs = self._take()
+            self._execute(jobs)
+
+    def _execute(self, jobs: list[_Job]) -> None:
+        outputs = list(jobs[0].key[0])
+        try:
+            if len(jobs) == 1:
+                results = [self._run(outputs, jobs[0].feeds)]
+            else:
+                feeds = {name: np.concatenate([j.feeds[name] for j in jobs]) for name in jobs[0].feeds}
+                merged = self._run(outputs, feeds)
+                bounds = np.cumsum([0] + [j.rows for j in jobs])
+                results = [[y[a:b] for y in merged] for a, b in zip(bounds[:-1], bounds[1:])]
+            for job, result in zip(jobs, results):
+                job.result = result
+        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the failure
+            for job in jobs:
+                job.error = exc
+        finally:
+            self.stats["runs"] += 1
+            self.stats["requests"] += len(jobs)
+            self.stats["max_rows"] = max(self.stats["max_rows"], sum(j.rows for j in jobs))
+            for job in jobs:
+                job.done.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {"max_batch": self.max_batch, **self.stats}
