@@ -6,11 +6,12 @@ PIP    := $(PY) -m pip
 PORT   ?= 3000
 # pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
 
-.PHONY: serve test test-fast data models bench build clean help
+.PHONY: serve test test-fast browser data models bench build clean help
 
 help:
 	@echo "make serve    run the service on the models in models/ (http://127.0.0.1:$(PORT))"
 	@echo "make test     create $(VENV), install everything the tests need, run pytest"
+	@echo "make browser  apt-get install chromium for tests/test_ui.py (root; a no-op when it is there)"
 	@echo "make data     build the default datasets from Debian packages into data/"
 	@echo "make models   retrain, export and evaluate the whole default zoo (hours on a CPU)"
 	@echo "make build    bentoml build (the Bento: service + models, no torch)"
@@ -32,7 +33,21 @@ $(VENV)/.stamp-dev: pyproject.toml | $(VENV)/bin/python
 serve: $(VENV)/.stamp-serve
 	$(VENV)/bin/bentoml serve . --port $(PORT)
 
-test: $(VENV)/.stamp-dev
+# Debian's chromium for tests/test_ui.py (Playwright drives it; `playwright install` cannot
+# download browsers here). Without apt-get or root it only says so: that test then skips.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make browser: no apt-get here; install chromium by hand, or tests/test_ui.py skips"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "make browser: not root; run 'sudo apt-get install chromium', or tests/test_ui.py skips"; \
+	else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "make browser: apt-get install chromium failed; tests/test_ui.py skips"; \
+	fi
+
+test: $(VENV)/.stamp-dev browser
 	$(PY) -m pytest
 
 test-fast: $(VENV)/.stamp-dev

@@ -11,6 +11,7 @@ const state = {
   models: [],
   selected: {},     // endpoint -> model name last chosen
   file: null,       // the image to send to /translate or /upscale
+  inputShown: false, // the browser could decode the input (garbage bytes are still sent)
   inputUrl: null,   // object URLs, revoked when replaced
   outputUrl: null,
 };
@@ -141,7 +142,7 @@ function showEndpointFields(endpoint) {
   $("generate-fields").hidden = endpoint !== "generate";
   $("image-fields").hidden = endpoint === "generate";
   $("match-field").hidden = endpoint !== "upscale";
-  $("input-img").hidden = endpoint === "generate" || !state.inputUrl;
+  $("input-img").hidden = endpoint === "generate" || !state.inputShown;
   $("input-meta").hidden = endpoint === "generate";
   $("request").hidden = endpoint !== "generate" || !$("request").textContent;
   $("input-figure").querySelector("figcaption").firstChild.textContent =
@@ -213,22 +214,21 @@ function setFile(file) {
   state.file = file;
   if (state.inputUrl) URL.revokeObjectURL(state.inputUrl);
   state.inputUrl = file ? URL.createObjectURL(file) : null;
+  state.inputShown = false;
   const img = $("input-img");
+  img.hidden = true;
   $("input-meta").textContent = file ? `${file.name}, ${formatBytes(file.size)}` : "";
-  if (!file) {
-    img.hidden = true;
-    return;
-  }
+  if (!file) return;
   img.onload = () => {
+    state.inputShown = true;
+    img.hidden = currentEndpoint() === "generate";
     $("input-meta").textContent = `${img.naturalWidth}×${img.naturalHeight}, ${file.name}, ${formatBytes(file.size)}`;
     applyZoom();
   };
   img.onerror = () => {
-    img.hidden = true;
     $("input-meta").textContent = `${file.name}, ${formatBytes(file.size)} (the browser cannot show it)`;
   };
   img.src = state.inputUrl;
-  img.hidden = currentEndpoint() === "generate";
 }
 
 function setupDrop() {
