@@ -364,3 +364,19 @@ def test_cli_rollback_through_python_m_training(tiny_ckpts, tmp_path):
     assert cli(["export", "--rollback", "sr", "--out", str(out)]) == 0
     assert version(out / "sr") == v1
     assert cli(["export", "--verify", "sr", "--out", str(out)]) == 0
+
+
+def test_srresnet_with_bicubic_skip_exports_with_fp16(tiny_datasets, tmp_path):
+    """The shipped SR config (no norm, global bicubic skip): a Resize in the graph, parity and fp16 both hold."""
+    raw = tiny_raw("srgan", tiny_datasets)
+    raw["model"]["generator"].update(norm="none", skip="bicubic")
+    raw["train"].update(steps=2, ckpt_every=2, sample_every=2)
+    run = train(load_config(None, raw=raw), out_dir=tmp_path / "run", log=quiet)
+    folder = ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], "sk", tmp_path / "models", log=quiet).path
+    card = json.loads((folder / "card.json").read_text())
+    import onnx
+    assert "Resize" in {n.op_type for n in onnx.load(str(folder / "generator.onnx")).graph.node}
+    assert card["metrics"]["parity_max_abs"] < 1e-4
+    fp16 = card["variants"]["fp16"]
+    assert fp16["produced"] == "export", fp16
+    assert fp16["max_abs"] < fp16["tolerance_max_abs"]

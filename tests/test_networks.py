@@ -90,6 +90,16 @@ def test_srresnet_shapes(hw, scale):
     assert g(torch.randn(1, 3, *hw)).shape == (1, 3, hw[0] * scale, hw[1] * scale)
 
 
+def test_srresnet_bicubic_skip_starts_at_bicubic():
+    import torch.nn.functional as F
+    g = SRResNet(SRResNetConfig(nf=8, n_blocks=2, scale=4, norm="none", skip="bicubic"))
+    x = torch.rand(2, 3, 13, 9) * 2 - 1
+    want = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.equal(g(x), want)  # zero-initialised tail: the residual starts at nothing
+    with pytest.raises(ValueError, match="skip"):
+        SRResNet(SRResNetConfig(skip="nearest"))
+
+
 def test_srresnet_rejects_non_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         SRResNet(SRResNetConfig(scale=3))

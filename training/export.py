@@ -612,7 +612,11 @@ def make_fp16(src: Path, dst: Path) -> None:
 
     model = onnx.load(str(src))
     with quiet_exporter():
-        half = float16.convert_float_to_float16(model, keep_io_types=True)
+        # Resize stays fp32: its roi/scales inputs must be float, and the converter would retype them
+        blocked = list(float16.DEFAULT_OP_BLOCK_LIST) + ["Resize"]
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+    # the converter leaves fp16 value_info on the outputs of blocked (fp32) nodes; shapes are re-inferred anyway
+    del half.graph.value_info[:]
     _toposort(half.graph)
     write_bytes_durably(dst, half.SerializeToString())
     onnx.checker.check_model(str(dst), full_check=True)

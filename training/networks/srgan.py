@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import norm_layer
@@ -18,6 +19,9 @@ class SRResNetConfig:
     n_blocks: int = 16
     scale: int = 4  # a power of two: one PixelShuffle(2) stage per factor 2
     norm: str = "batch"  # the paper's; "none" drops it (EDSR-style)
+    # "bicubic": the network learns a residual over bicubic upsampling of its input, and its last
+    # conv starts at zero, so training starts from bicubic quality (VDSR's global skip). "none": the paper's.
+    skip: str = "none"
 
 
 class SRResidualBlock(nn.Module):
@@ -50,11 +54,21 @@ class SRResNet(nn.Module):
             up += [nn.Conv2d(nf, nf * 4, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(nf)]
         self.upsample = nn.Sequential(*up)
         self.tail = nn.Conv2d(nf, cfg.out_channels, 9, 1, 4)
+        if cfg.skip not in ("none", "bicubic"):
+            raise ValueError(f"skip must be none or bicubic, got {cfg.skip!r}")
+        if cfg.skip == "bicubic":
+            if cfg.in_channels != cfg.out_channels:
+                raise ValueError("skip=bicubic needs in_channels == out_channels")
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.head(x)
         h = h + self.body(h)  # global skip
-        return self.tail(self.upsample(h))
+        out = self.tail(self.upsample(h))
+        if self.cfg.skip == "bicubic":
+            out = out + F.interpolate(x, scale_factor=self.cfg.scale, mode="bicubic", align_corners=False)
+        return out
 
 
 @dataclass
