@@ -15,6 +15,8 @@ help:
 	@echo "make data     build the default datasets from Debian packages into data/"
 	@echo "make models   retrain, export and evaluate the whole default zoo (hours on a CPU)"
 	@echo "make build    bentoml build (the Bento: service + models, no torch)"
+	@echo "make bench    benchmarks on a quiet machine (~15-20 min on 2 cores) -> bench/results/"
+	@echo "make bench-quick  the same path on small inputs (~1-2 min): a check, not a measurement"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +58,13 @@ test-fast: $(VENV)/.stamp-dev
 data: $(VENV)/.stamp-dev
 	$(PY) -m training prepare fashion-mnist
 	$(PY) -m training prepare photos
+
+# ratios measured side by side in one run; see bench/README.md. BENCH_ARGS="--only compute,serving" etc.
+bench: $(VENV)/.stamp-dev
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.stamp-dev
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 build: $(VENV)/.stamp-serve
 	$(VENV)/bin/bentoml build .

@@ -1,0 +1,1 @@
+"""ganforge benchmarks: `python -m bench [--quick]` (see bench/README.md)."""

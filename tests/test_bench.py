@@ -1,0 +1,89 @@
+"""`python -m bench --smoke`: the whole bench path end to end on tiny models, and the JSON it writes.
+
+It measures nothing (tiny networks, the shortest windows); it checks that
+every section runs against a real `bentoml serve` and records every figure
+bench/README.md describes. Timings are never asserted.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(repo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-results")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--name", "smoke", "--out", str(out)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (f"exit {proc.returncode}\n--- stderr\n{proc.stderr[-4000:]}\n"
+                                  f"--- stdout\n{proc.stdout[-2000:]}")
+    return json.loads((out / "smoke.json").read_text()), proc.stdout, out
+
+
+def test_machine_and_mode(smoke):
+    result, _, _ = smoke
+    m = result["machine"]
+    assert m["cpu"]["model"] and m["cpu"]["physical_cores"] >= 1
+    assert {"avx2", "avx512f", "amx_tile"} <= set(m["cpu"]["flags"])
+    assert m["versions"]["onnxruntime"] and m["versions"]["torch"] and m["date"]
+    assert result["mode"]["profile"] == "smoke" and result["mode"]["tiny"]
+    assert any("measures nothing" in w for w in result["warnings"])
+    assert {m["name"] for m in result["models"]} >= {"fashion", "colorize", "sneaker2boot", "srresnet-x4", "srgan-x4"}
+
+
+def test_compute_rows(smoke):
+    compute = smoke[0]["sections"]["compute"]
+    assert compute["peak_gflops"] > 0
+    families = {r["family"] for r in compute["rows"]}
+    assert families == {"dcgan", "pix2pix", "cyclegan", "srgan"}
+    for r in compute["rows"]:
+        assert r["gflop"] > 0 and r["onnxruntime_ms"] > 0 and r["torch_ms"] > 0
+        assert r["torch_over_onnxruntime"] > 0 and 0 < r["onnxruntime_peak_fraction"]
+        assert len(r["samples_s"]["onnxruntime"]) == len(r["samples_s"]["torch"]) == r["rounds"] >= 2
+
+
+def test_serving_figures(smoke):
+    serving = smoke[0]["sections"]["serving"]
+    assert set(serving["servers"]) == {"default", "batching", "threads"}
+    assert {r["workload"].split(" (")[0] for r in serving["latency"]} >= {"generate n=1", "translate 28x28"}
+    for r in serving["latency"]:
+        for who in ("session", "pipeline", "http"):
+            assert r[who]["p50_ms"] > 0 and r[who]["p99_ms"] >= r[who]["p50_ms"]
+        assert r["http_over_session"] > 0 and r["pipeline_over_session"] > 0
+    assert len(serving["throughput"]) == 2
+    for t in serving["throughput"]:
+        assert t["bare_batch1_rps"] > 0 and t["bare_batch16_rows_per_s"] > 0
+        assert {(r["server"], r["clients"]) for r in t["rows"]} == {
+            (s, c) for s in ("default", "batching", "threads") for c in (1, 4, 16)}
+        for r in t["rows"]:
+            assert r["rps"] > 0 and r["over_bare_batch1"] > 0 and not r["errors"]
+        assert t["batching_server"]["requests"] >= t["batching_server"]["runs"] > 0
+
+
+def test_bigimage_and_coldstart(smoke):
+    result = smoke[0]
+    cases = {c["op"]: c for c in result["sections"]["bigimage"]["cases"]}
+    assert set(cases) == {"upscale", "translate"}
+    for case in cases.values():
+        kinds = {r["kind"] for r in case["rows"]}
+        assert kinds == {"tiled", "untiled"}
+        for r in case["rows"]:
+            assert r["wall_s"] > 0 and r["peak_rss_mib"] > 0 and r["growth_mib"] >= 0 and r["tiles"] >= 1
+    cold = result["sections"]["coldstart"]
+    assert cold["ready_median_s"]["models"] > 0 and cold["ready_median_s"]["empty"] > 0
+    assert cold["models_over_empty"] > 0
+    assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for r in cold["first_request"])
+
+
+def test_prints_tables_and_writes_the_plot(smoke):
+    _, stdout, out = smoke
+    for heading in ("== compute", "== serving", "== bigimage", "== coldstart", "torch/ort", "http/session",
+                    "peak RSS MiB", "/readyz"):
+        assert heading in stdout
+    png = (out / "smoke.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
