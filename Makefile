@@ -66,6 +66,19 @@ bench: $(VENV)/.stamp-dev
 bench-quick: $(VENV)/.stamp-dev
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
+# The default zoo from scratch: each model is trained, exported into models/ and evaluated on its
+# held-out split with the committed configs (a few hours on a 2-core CPU; runs/<name>/ can --resume).
+ZOO_TRAIN = fashion sneaker2boot srresnet-x4 colorize
+models: data
+	for name in $(ZOO_TRAIN); do \
+	  $(PY) -m training train training/configs/$$name.yaml --resume && \
+	  $(PY) -m training export runs/$$name --name $$name && \
+	  $(PY) -m training eval $$name || exit 1; \
+	done
+	$(PY) -m training train training/configs/srgan-x4.yaml --resume
+	$(PY) -m training export runs/srgan-x4 --name srgan-x4
+	$(PY) -m training eval srgan-x4
+
 build: $(VENV)/.stamp-serve
 	$(VENV)/bin/bentoml build .
 

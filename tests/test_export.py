@@ -364,6 +364,12 @@ def test_cli_rollback_through_python_m_training(tiny_ckpts, tmp_path):
     assert cli(["export", "--rollback", "sr", "--out", str(out)]) == 0
     assert version(out / "sr") == v1
     assert cli(["export", "--verify", "sr", "--out", str(out)]) == 0
+    # a run folder stands for its newest checkpoint
+    run_dir = tiny_ckpts["dcgan"].parent.parent
+    assert cli(["export", str(run_dir), "--name", "sr", "--out", str(out), "--exporter", "torchscript",
+                "--no-fp16"]) == 0
+    card = json.loads((out / "sr" / "card.json").read_text())
+    assert card["training"]["steps"] == ckpt.load(tiny_ckpts["dcgan"])["step"]
 
 
 def test_srresnet_with_bicubic_skip_exports_with_fp16(tiny_datasets, tmp_path):

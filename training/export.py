@@ -709,7 +709,13 @@ def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "mode
     if not (tolerance >= 0):
         raise ExportError(f"tolerance must be >= 0, got {tolerance}")
     out = Path(out)
-    payload = ckpt.load(checkpoint)
+    if Path(checkpoint).is_dir():  # a run folder: its newest valid checkpoint
+        found = ckpt.latest_valid(checkpoint, log=log)
+        if found is None:
+            raise ExportError(f"no readable checkpoint in {Path(checkpoint) / 'checkpoints'}")
+        checkpoint, payload = found
+    else:
+        payload = ckpt.load(checkpoint)
     recipe = Recipe.from_checkpoint(payload, "cpu")
     cfg = recipe.cfg
     specs = recipe.export_specs()
@@ -911,7 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a checkpoint to ONNX, check it against torch, and publish it atomically as "
                     "OUT/NAME (docs/model-card.md). --rollback NAME swaps the previous version back; "
                     "--verify NAME re-checks a published folder.")
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint, e.g. runs/fashion/checkpoints/ckpt-00006000.pt")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint (runs/fashion/checkpoints/ckpt-00006000.pt), "
+                                                 "or a run folder (runs/fashion: its newest valid checkpoint)")
     p.add_argument("--name", help="model name (folder under --out; ^[a-z0-9][a-z0-9._-]{0,63}$)")
     p.add_argument("--out", default="models", help="the models folder (default: models)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
