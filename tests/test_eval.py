@@ -205,3 +205,33 @@ def test_eval_cli(models, classifier_cache, capsys, tmp_path):
     assert "card.json is missing" in capsys.readouterr().err
     assert ev.main([name, *args, "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_sample_sheets_and_metrics_table(models, tiny_datasets, classifier_cache, tmp_path, capsys) -> None:
+    """`python -m training sheets` draws every family from its ONNX graph on held-out data; the table reads the cards."""
+    from PIL import Image
+
+    from training import sheets
+
+    evaluate(models, "cyclegan", classifier_cache)
+    out = tmp_path / "sheets"
+    names = [f"tiny-{f}" for f in ("dcgan", "pix2pix", "cyclegan", "srgan")]
+    assert sheets.main([*names, "--models", str(models), "--out", str(out), "--n", "3", "--crop", "64"]) == 0
+    printed = capsys.readouterr().out
+    for name in names:
+        img = Image.open(out / f"{name}.png")
+        px = np.asarray(img.convert("L"), np.float64)
+        assert img.width > 64 and img.height > 32 and px.std() > 5, name  # drawn, not blank
+        assert f"| `{name}` |" in printed
+    cards = {n: ex.verify_model_dir(models / n) for n in names}
+    # a row shows the held-out figures the card carries, or says it was not evaluated
+    row = sheets.metrics_row(cards["tiny-cyclegan"])
+    share = cards["tiny-cyclegan"]["metrics"]["heldout"]["a2b_target_share"]
+    assert f"{100 * share:.1f}%" in row
+    assert "not evaluated" in sheets.metrics_row({**cards["tiny-dcgan"], "metrics": {}})
+    # the generate sheet has one row of samples per class: its height grows with the class count
+    dc = Image.open(out / "tiny-dcgan.png")
+    classes = len(cards["tiny-dcgan"]["classes"])
+    assert dc.height >= classes * cards["tiny-dcgan"]["output"]["size"][0] * 2
+    # an unknown model is a clear error, not a traceback
+    assert sheets.main(["nope", "--models", str(models), "--out", str(out)]) == 2

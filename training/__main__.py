@@ -1,4 +1,4 @@
-"""ganforge training CLI: `python -m training {train,prepare,export,eval} ...`."""
+"""ganforge training CLI: `python -m training {train,prepare,export,eval,sheets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -24,10 +24,16 @@ def _eval(argv: list[str]) -> int:
     return evaluate.main(argv) or 0
 
 
+def _sheets(argv: list[str]) -> int:
+    from . import sheets
+    return sheets.main(argv) or 0
+
+
 # verbs whose module parses its own arguments (so `export --rollback NAME` and `eval --help` work)
 DELEGATED = {
     "export": (_export, "export a checkpoint to ONNX and publish it into models/ (--rollback, --verify)"),
     "eval": (_eval, "measure a published model on held-out data (writes its card)"),
+    "sheets": (_sheets, "sample sheets (PNG) of published models on held-out data, and a metrics table"),
 }
 
 
