@@ -16,11 +16,7 @@ import base64
 import io
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -28,39 +24,20 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from service_fixtures import encode, synthetic_photo, write_fixture_models
+from service_fixtures import encode, running_server, synthetic_photo, write_fixture_models
 
 
 REPO = Path(__file__).resolve().parent.parent
-BENTOML = Path(sys.executable).parent / "bentoml"
 CHROMIUM = Path(os.environ.get("GANFORGE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 TOKEN = "ui-test-token"
-STARTUP_TIMEOUT_S = 120
 RUN_TIMEOUT_MS = 60_000
 DOCS_SCREENSHOT = REPO / "docs" / "ui.png"
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -68,39 +45,9 @@ def server(tmp_path_factory):
     """Base URL of `bentoml serve` on the fixture models, with a bearer token required."""
     tmp = tmp_path_factory.mktemp("ui_server")
     write_fixture_models(tmp / "models")
-    port = _free_port()
-    log_path = tmp / "server.log"
-    env = {
-        **os.environ,
-        "GANFORGE_MODELS_DIR": str(tmp / "models"),
-        "GANFORGE_DEVICE": "cpu",
-        "GANFORGE_AUTH_TOKEN": TOKEN,
-        "GANFORGE_ORT_THREADS": "1",
-        "BENTOML_HOME": str(tmp / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)  # polling interval, not an assertion
+    with running_server(tmp / "models", tmp, GANFORGE_DEVICE="cpu", GANFORGE_AUTH_TOKEN=TOKEN,
+                        GANFORGE_ORT_THREADS="1") as (base, _log):
         yield base
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(scope="module")
