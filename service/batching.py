@@ -59,7 +59,9 @@ class SessionBatcher:
         job = _Job(feeds, (tuple(outputs), _key(feeds)), rows.pop())
         with self._cond:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                # A reload closed this model's batcher while a request still held the model:
+                # run on the caller's thread, unbatched, on the session it started with.
+                return self._run(outputs, feeds)
             self._queue.append(job)
             self._cond.notify()
         job.done.wait()
@@ -68,6 +70,7 @@ class SessionBatcher:
         return job.result  # type: ignore[return-value]
 
     def close(self) -> None:
+        """Stop taking jobs: queued ones still run; later `run` calls run directly, unbatched."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()

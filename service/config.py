@@ -18,6 +18,9 @@
 | GANFORGE_BATCH_MAX          | 16                   | adaptive batching: most rows one graph run may merge from queued same-shaped requests (service/batching.py); 1 = off. Needs GANFORGE_THREADS > 1 to see concurrent requests. |
 | GANFORGE_MAX_CONCURRENCY    | 32                   | /generate, /translate, /upscale requests in flight per worker (uploads included) before 429. |
 | GANFORGE_TIMEOUT_S          | 120                  | per-request timeout (BentoML answers 504). |
+| GANFORGE_LOG_FORMAT         | text                 | text: BentoML's log lines. json: one JSON object per line (service/logs.py); the container image sets json. |
+| GANFORGE_RELOAD_POLL_S      | 0                    | every this many seconds each worker re-scans the models dir and swaps in changed models (0 = off; `POST /admin/reload` reloads on demand). |
+| GANFORGE_READY_REQUIRES_ALL | 0                    | 1: /readyz answers 503 while any model is unavailable. 0: /readyz is 200 once the worker is up; unavailable models are named in /models. |
 
 Invalid values stop the service at startup with a message naming the variable.
 """
@@ -28,6 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cpu", "cuda")
@@ -63,6 +68,17 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} must be 0 or 1")
+
+
 @dataclass(frozen=True)
 class Settings:
     models_dir: Path = REPO_ROOT / "models"
@@ -81,6 +97,9 @@ class Settings:
     batch_max: int = 16
     max_concurrency: int = 32
     timeout_s: float = 120.0
+    log_format: str = "text"
+    reload_poll_s: float = 0.0
+    ready_requires_all: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -90,6 +109,9 @@ class Settings:
             raise SettingsError(f"GANFORGE_DEVICE={device!r} must be one of {', '.join(DEVICES)}")
         models_dir = env.get("GANFORGE_MODELS_DIR", "").strip()
         token = env.get("GANFORGE_AUTH_TOKEN", "")
+        log_format = env.get("GANFORGE_LOG_FORMAT", "text").strip().lower() or "text"
+        if log_format not in LOG_FORMATS:
+            raise SettingsError(f"GANFORGE_LOG_FORMAT={log_format!r} must be one of {', '.join(LOG_FORMATS)}")
         return cls(
             models_dir=Path(models_dir).expanduser().resolve() if models_dir else REPO_ROOT / "models",
             device=device,
@@ -107,4 +129,7 @@ class Settings:
             batch_max=_int(env, "GANFORGE_BATCH_MAX", cls.batch_max, 1),
             max_concurrency=_int(env, "GANFORGE_MAX_CONCURRENCY", cls.max_concurrency, 1),
             timeout_s=_float(env, "GANFORGE_TIMEOUT_S", cls.timeout_s, 1.0),
+            log_format=log_format,
+            reload_poll_s=_float(env, "GANFORGE_RELOAD_POLL_S", 0.0, 0.0),
+            ready_requires_all=_bool(env, "GANFORGE_READY_REQUIRES_ALL", False),
         )

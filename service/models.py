@@ -9,6 +9,14 @@ same bytes handed to onnxruntime, so what runs is what was verified.
 Sessions are created once per worker process (in `ModelRegistry.load`), on
 CUDA when onnxruntime can use it (see `resolve_providers`), else on CPU;
 `ServedModel.provider` is what `session.get_providers()` says actually runs.
+
+`ModelRegistry.reload` re-scans the folder (POST /admin/reload, or every
+GANFORGE_RELOAD_POLL_S seconds): a folder whose files changed (inode, size,
+mtime) is loaded anew, the rest keep their sessions. The new set replaces the
+old in one assignment, so a request that already picked a model finishes on
+the sessions it started with. A new version that fails to load does not
+displace a ready old one: the old keeps serving and `/models` carries a
+`warning` with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import json
 import logging
 import math
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +102,9 @@ class ServedModel:
     runners: dict[str, SessionBatcher] = field(default_factory=dict, repr=False)
     image_spec: ImageSpec | None = None
     generate_spec: GenerateSpec | None = None
+    fingerprint: tuple | None = field(default=None, repr=False)  # folder_fingerprint() when it was read
+    loaded_at: str | None = None
+    warning: str | None = None  # a newer copy on disk failed to load; this one still serves
 
     @property
     def endpoint(self) -> str | None:
@@ -107,6 +120,11 @@ class ServedModel:
         files = self.card.get("files") or {}
         return DIRECTIONS if isinstance(files, dict) and "a2b" in files and "b2a" in files else ()
 
+    def close(self) -> None:
+        """Stop the batcher threads (requests still holding this model then run unbatched)."""
+        for runner in self.runners.values():
+            runner.close()
+
     def public(self) -> dict[str, Any]:
         """What GET /models shows: the card's public fields plus serving state."""
         card = self.card
@@ -115,7 +133,10 @@ class ServedModel:
             "status": self.status,
             "reason": self.reason,
             "provider": self.provider,
+            "loaded_at": self.loaded_at,
         }
+        if self.warning:
+            out["warning"] = self.warning
         for key in ("endpoint", "family", "description", "version", "exported_at", "opset", "runtimes",
                     "graph", "input", "output", "tiling", "latent_dim", "classes", "domains", "metrics"):
             if key in card:
@@ -344,36 +365,119 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 # ------------------------------------------------------------------ registry
 
 
-class ModelRegistry:
-    """Every model folder under the models dir, loaded once per worker."""
+def model_folders(root: Path) -> list[Path]:
+    """The model folders directly under `root` whose names are valid (dot folders are export staging)."""
+    if not root.is_dir():
+        return []
+    folders = []
+    for folder in sorted(root.iterdir()):
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        if not NAME_RE.fullmatch(folder.name):
+            logger.warning("skipping %r: not a valid model name (%s)", folder.name, NAME_RE.pattern)
+            continue
+        folders.append(folder)
+    return folders
 
-    def __init__(self, models: dict[str, ServedModel], device: str) -> None:
+
+def folder_fingerprint(folder: Path) -> tuple:
+    """(inode, size, mtime) of the folder and each file in it: changes with every export or card rewrite."""
+    try:
+        entries = [("", *_stat_key(folder))]
+        for path in sorted(folder.iterdir()):
+            entries.append((path.name, *_stat_key(path)))
+    except OSError:
+        return ("unreadable", time.monotonic_ns())  # never equal: the next scan tries again
+    return tuple(entries)
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _log_model(model: ServedModel) -> None:
+    if model.ready:
+        logger.info("model %s (%s, %s) ready on %s", model.name, model.endpoint,
+                    model.card.get("version"), model.provider)
+    else:
+        logger.error("model %s unavailable: %s", model.name, model.reason)
+
+
+class ModelRegistry:
+    """Every model folder under the models dir, loaded once per worker; `reload` swaps in changes."""
+
+    def __init__(self, models: dict[str, ServedModel], device: str, settings: Settings | None = None,
+                 providers: list | None = None) -> None:
         self.models = models
         self.device = device
+        self.settings = settings
+        self.providers = providers
+        self.reloads = 0
+        self._reload_lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: Settings) -> "ModelRegistry":
         providers = resolve_providers(settings)
         device = "cuda" if providers[0] != CPU else "cpu"
+        if not settings.models_dir.is_dir():
+            logger.warning("models dir %s does not exist: serving no models", settings.models_dir)
         models: dict[str, ServedModel] = {}
-        root = settings.models_dir
-        if not root.is_dir():
-            logger.warning("models dir %s does not exist: serving no models", root)
-            return cls(models, device)
-        for folder in sorted(root.iterdir()):
-            if folder.name.startswith(".") or not folder.is_dir():
-                continue
-            if not NAME_RE.fullmatch(folder.name):
-                logger.warning("skipping %r: not a valid model name (%s)", folder.name, NAME_RE.pattern)
-                continue
-            model = load_model(folder, settings, providers)
-            models[model.name] = model
-            if model.ready:
-                logger.info("model %s (%s, %s) ready on %s", model.name, model.endpoint,
-                            model.card.get("version"), model.provider)
-            else:
-                logger.error("model %s unavailable: %s", model.name, model.reason)
-        return cls(models, device)
+        for folder in model_folders(settings.models_dir):
+            models[folder.name] = model = load_model(folder, settings, providers)
+            _log_model(model)
+        return cls(models, device, settings, providers)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-scan the models dir; load what changed; swap the set in one assignment.
+
+        Returns what happened per model name: loaded (new or changed), unchanged,
+        kept (a changed copy failed to load, the ready old one still serves),
+        removed. One reload at a time per worker.
+        """
+        if self.settings is None or self.providers is None:
+            raise RuntimeError("this registry was not made by ModelRegistry.load")
+        with self._reload_lock:
+            current = self.models
+            fresh: dict[str, ServedModel] = {}
+            report: dict[str, list] = {"loaded": [], "unchanged": [], "kept": [], "removed": []}
+            for folder in model_folders(self.settings.models_dir):
+                name = folder.name
+                old = current.get(name)
+                fingerprint = folder_fingerprint(folder)
+                if old is not None and old.fingerprint == fingerprint:
+                    fresh[name] = old
+                    report["unchanged"].append(name)
+                    continue
+                model = load_model(folder, self.settings, self.providers)
+                model.fingerprint = fingerprint  # what was on disk before reading: a change during the read shows next time
+                if not model.ready and old is not None and old.ready:
+                    model.close()
+                    old.warning = (f"a changed copy on disk failed to load ({model.reason}); "
+                                   f"still serving version {old.card.get('version')}")
+                    logger.error("model %s: %s", name, old.warning)
+                    fresh[name] = old
+                    report["kept"].append({"name": name, "reason": model.reason})
+                    continue
+                _log_model(model)
+                fresh[name] = model
+                report["loaded"].append({"name": name, "status": model.status, "version": model.card.get("version"),
+                                         "reason": model.reason})
+            report["removed"] = sorted(set(current) - set(fresh))
+            self.models = fresh  # the swap: requests that already hold a model keep its sessions
+            kept = {id(m) for m in fresh.values()}
+            for old in current.values():
+                if id(old) not in kept:
+                    old.close()
+            self.reloads += 1
+            changed = len(report["loaded"]) + len(report["removed"]) + len(report["kept"])
+            if changed:
+                logger.info("reload: %d loaded, %d kept, %d removed, %d unchanged", len(report["loaded"]),
+                            len(report["kept"]), len(report["removed"]), len(report["unchanged"]))
+            return report
+
+    def unavailable(self) -> list[str]:
+        return [name for name, m in self.models.items() if not m.ready]
 
     def get(self, name: str) -> ServedModel | None:
         # A dict lookup only: a name from a request never reaches the filesystem.
@@ -384,34 +488,38 @@ class ModelRegistry:
 
     def pick(self, endpoint: str, name: str | None, default: str | None = None) -> ServedModel:
         """The ready model a request asked for (or the endpoint's default), else ApiError."""
+        models = self.models  # one snapshot: a concurrent reload swaps the dict, never edits it
         if name is None or name == "":
-            candidates = self.of_endpoint(endpoint)
+            candidates = [m for m in models.values() if m.endpoint == endpoint]
             if not candidates:
                 raise not_found(f"no {endpoint} model is served")
-            if default is not None and self.get(default) in candidates:
-                model = self.get(default)
+            if default is not None and models.get(default) in candidates:
+                model = models[default]
             elif len(candidates) == 1 or default is not None:
                 model = candidates[0]
             else:
                 names = ", ".join(m.name for m in candidates)
                 raise ApiError(400, f"several {endpoint} models are served ({names}); name one in 'model'")
         else:
-            model = self.get(name)
+            model = models.get(name) if isinstance(name, str) else None
             if model is None:
                 raise not_found(f"unknown model {shown(name)}; GET /models lists them")
-            if model.endpoint != endpoint:
+            if model.endpoint != endpoint and model.endpoint is not None:  # None: the card is unreadable
                 raise unprocessable(f"model {shown(name)} is a {model.endpoint} model, not a {endpoint} model")
         if not model.ready:
             raise ApiError(503, f"model {model.name!r} is unavailable: {model.reason}")
         return model
 
     def describe(self) -> dict[str, Any]:
-        return {"device": self.device, "models": [m.public() for m in self.models.values()]}
+        models = self.models
+        return {"device": self.device, "unavailable": [n for n, m in models.items() if not m.ready],
+                "reloads": self.reloads, "models": [m.public() for m in models.values()]}
 
 
 def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel:
     """Read, check and load one model folder; never raises for a bad model."""
-    model = ServedModel(name=folder.name, card={})
+    model = ServedModel(name=folder.name, card={}, fingerprint=folder_fingerprint(folder),
+                        loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     try:
         card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -5,6 +5,7 @@ Endpoints (names are the contract of /work/shared/DESIGN.md):
   POST /translate  multipart     -> image, same width and height as the input
   POST /upscale    multipart     -> image, x native scale (or a smaller `scale`)
   GET  /models                   -> {"device": ..., "models": [...]} (cards' public fields + status)
+  POST /admin/reload             -> re-scan models/ in this worker, swap in what changed (token-guarded)
   GET  /ui                       -> the demo page (service/ui/: static HTML/CSS/JS)
   /livez /readyz /healthz /metrics /docs.json: BentoML's.
 
@@ -19,9 +20,12 @@ Imports onnxruntime, numpy, pillow, bentoml. Never torch.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
+import anyio
 import bentoml
 from bentoml.validators import ContentType
 from pydantic import BeforeValidator
@@ -34,6 +38,7 @@ from . import handlers, imaging, ui
 from .config import Settings
 from .errors import ApiError
 from .handlers import Interpolation
+from .logs import use_log_format
 from .middleware import GanforgeMiddleware
 from .models import ModelRegistry
 
@@ -42,6 +47,7 @@ logger = logging.getLogger("bentoml.ganforge")
 # Decorator-time settings (workers, threads, traffic) come from the
 # environment when the module is imported, i.e. when `bentoml serve` starts.
 _BOOT = Settings.from_env()
+use_log_format(_BOOT.log_format)  # BentoML set up its log handlers before importing this module
 
 
 def _as_text(value: Any) -> Any:
@@ -70,7 +76,18 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(service.registry.describe())
 
 
-models_app = Starlette(routes=[Route("/models", list_models, methods=["GET"]), *ui.routes])
+async def reload_models(request: Request) -> JSONResponse:
+    """Re-scan the models dir in the worker that answers; see ModelRegistry.reload."""
+    service = bentoml.get_current_service()
+    report = await anyio.to_thread.run_sync(service.registry.reload)
+    return JSONResponse({"worker_pid": os.getpid(), **report, **service.registry.describe()})
+
+
+models_app = Starlette(routes=[
+    Route("/models", list_models, methods=["GET"]),
+    Route("/admin/reload", reload_models, methods=["POST"]),
+    *ui.routes,
+])
 
 
 @bentoml.asgi_app(models_app, path="/")
@@ -92,6 +109,25 @@ class Ganforge:
         ready = sum(m.ready for m in self.registry.models.values())
         logger.info("ganforge: %d model(s), %d ready, device %s, models dir %s",
                     len(self.registry.models), ready, self.registry.device, self.settings.models_dir)
+        self._stop_watch = threading.Event()
+        if self.settings.reload_poll_s > 0:
+            threading.Thread(target=self._watch_models, name="ganforge-reload", daemon=True).start()
+
+    def _watch_models(self) -> None:
+        """GANFORGE_RELOAD_POLL_S: re-scan the folder periodically (a stat per file when nothing changed)."""
+        while not self._stop_watch.wait(self.settings.reload_poll_s):
+            try:
+                self.registry.reload()
+            except Exception:  # noqa: BLE001 - the watch must outlive one bad scan
+                logger.exception("model reload failed")
+
+    @bentoml.on_shutdown
+    def stop_watch(self) -> None:
+        self._stop_watch.set()
+
+    def __is_ready__(self) -> bool:
+        """/readyz: 503 while a model is unavailable, only with GANFORGE_READY_REQUIRES_ALL=1."""
+        return not (self.settings.ready_requires_all and self.registry.unavailable())
 
     @bentoml.api(route="/generate")
     def generate(
