@@ -7,6 +7,7 @@ PORT   ?= 3000
 # pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
 
 .PHONY: serve test test-fast browser data models bench build clean help
+.PHONY: container container-gpu container-test container-engine
 
 help:
 	@echo "make serve    run the service on the models in models/ (http://127.0.0.1:$(PORT))"
@@ -15,6 +16,8 @@ help:
 	@echo "make data     build the default datasets from Debian packages into data/"
 	@echo "make models   retrain, export and evaluate the whole default zoo (hours on a CPU)"
 	@echo "make build    bentoml build (the Bento: service + models, no torch)"
+	@echo "make container      the CPU service image (docker or podman); container-gpu: the CUDA 13 one"
+	@echo "make container-test build the CPU image, run it, call every endpoint, stop and remove it"
 	@echo "make bench    benchmarks on a quiet machine (~15-20 min on 2 cores) -> bench/results/"
 	@echo "make bench-quick  the same path on small inputs (~1-2 min): a check, not a measurement"
 
@@ -81,6 +84,28 @@ models: data
 
 build: $(VENV)/.stamp-serve
 	$(VENV)/bin/bentoml build .
+
+# The service image from the Bento (deploy/container.py: docker if its daemon answers, else podman).
+# BASE_IMAGE= any Debian-family Python 3.11 image; unset: BentoML's default where a registry answers,
+# else one made here from Debian packages. CA_BUNDLE: a CA file pip/uv must trust during the build
+# (behind a TLS-intercepting proxy); the host's bundle by default, CA_BUNDLE= for none.
+MODELS    ?= models
+IMAGE     ?=
+CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+container container-gpu: $(VENV)/.stamp-serve
+	$(PY) deploy/container.py build --variant $(if $(filter container-gpu,$@),gpu,cpu) --models $(MODELS) \
+	  $(if $(IMAGE),--image $(IMAGE)) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
+	  $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(ENGINE),--engine $(ENGINE))
+
+# Builds the CPU image (on models/, or fixture models when it is empty), runs it on 127.0.0.1, checks
+# every endpoint against the in-process service, /metrics, logs and SIGTERM, then removes it.
+container-test: $(VENV)/.stamp-dev container-engine
+	GANFORGE_CONTAINER_TEST=1 GANFORGE_CA_BUNDLE=$(CA_BUNDLE) GANFORGE_CONTAINER_ENGINE=$(ENGINE) \
+	  $(PY) -m pytest tests/test_container.py -rs -s --timeout=1800
+
+# podman + runc + debootstrap from apt when no engine works (root; a no-op otherwise): deploy/podman-setup.sh
+container-engine:
+	@deploy/podman-setup.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
