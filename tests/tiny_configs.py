@@ -12,7 +12,8 @@ def tiny_raw(family: str, data: dict[str, Path], out_dir: Path | None = None) ->
     if family == "dcgan":
         raw = {"family": "dcgan", "data": {"kind": "fashion_mnist", "root": str(data["fashion"]), "image_size": 32},
                "model": {"latent_dim": 8, "num_classes": 10, "channels": 1, "image_size": 32, "ngf": 8, "ndf": 8,
-                         "embed_dim": 4}}
+                         "embed_dim": 4, "minibatch_std": True},
+               "loss": {"real_label": 0.9, "mode_seeking": 1.0}}
     elif family == "pix2pix":
         raw = {"family": "pix2pix",
                "data": {"kind": "colorization", "root": str(data["photos"]), "load_size": None, "crop_size": 32},

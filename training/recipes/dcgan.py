@@ -14,6 +14,9 @@ from .base import ExportSpec, Recipe, image_io
 @dataclass
 class DCGANLoss:
     real_label: float = 1.0  # < 1.0 = one-sided label smoothing (Salimans 2016)
+    # Mode seeking (MSGAN, Mao et al. 2019): + weight / (|G(z1,y) - G(z2,y)| / |z1 - z2|) in G's loss, so
+    # G cannot map every z of a class to one image. 0 = off.
+    mode_seeking: float = 0.0
 
 
 class DCGANRecipe(Recipe):
@@ -33,18 +36,30 @@ class DCGANRecipe(Recipe):
     def train_step(self, batch, step):
         real, label = batch["image"], batch["label"]  # N x C x S x S, N
         z = torch.randn(real.shape[0], self.cfg.model.latent_dim, device=self.device)
-        fake = self.ddp["G"](z, label)
+        half = real.shape[0] // 2
+        ms = self.cfg.loss.mode_seeking > 0 and half > 0
+        # fake labels: the real batch's, with the second half repeating the first when mode seeking, so
+        # that pairs (z_i, y_i), (z_i+half, y_i) share a class
+        fake_label = torch.cat([label[:half], label[:half], label[2 * half:]]) if ms else label
+        fake = self.ddp["G"](z, fake_label)
         # D: maximise log D(x|y) + log(1 - D(G(z|y)|y))
         d_real = self.ddp["D"](real, label)
-        d_fake = self.ddp["D"](fake.detach(), label)
+        d_fake = self.ddp["D"](fake.detach(), fake_label)
         loss_d = self.gan(d_real, True) + self.gan(d_fake, False)
         self.optimize("D", loss_d)
         self.set_requires_grad([self.nets["D"]], False)  # D is not updated in the G step
         # G: the non-saturating loss, maximise log D(G(z|y)|y)
-        loss_g = self.gan(self.nets["D"](fake, label), True)
+        loss_g = self.gan(self.nets["D"](fake, fake_label), True)
+        logs = {}
+        if ms:
+            ratio = ((fake[:half] - fake[half:2 * half]).abs().mean()
+                     / (z[:half] - z[half:2 * half]).abs().mean())
+            loss_ms = 1.0 / (ratio + 1e-5)
+            loss_g = loss_g + self.cfg.loss.mode_seeking * loss_ms
+            logs["loss_ms"] = loss_ms
         self.optimize("G", loss_g)
         self.set_requires_grad([self.nets["D"]], True)
-        return self.check_finite({"loss_G": loss_g, "loss_D": loss_d,
+        return self.check_finite({"loss_G": loss_g, "loss_D": loss_d, **logs,
                                   "D_real": torch.sigmoid(d_real).mean(), "D_fake": torch.sigmoid(d_fake).mean()}, step)
 
     @torch.no_grad()
