@@ -5,7 +5,7 @@
   python deploy/container.py preflight [--engine ...]   # can this machine build and run containers?
 
 Steps: pick the engine (a docker whose daemon answers, else podman); pick the base
-image (--base-image; else BentoML's default `python:3.11-slim` when a registry
+image (--base-image; else BentoML's default `python:3.N-slim` when a registry
 answers; else `localhost/ganforge-base:bookworm`, made here from Debian packages
 with debootstrap, see ../shared/CONTAINERS.md); stage a build context (service/,
 the model folders, the variant's bentofile with the base image written in);
@@ -39,6 +39,8 @@ BENTOML = Path(sys.executable).parent / "bentoml"
 BENTOFILES = {"cpu": "bentofile.yaml", "gpu": "bentofile.gpu.yaml"}
 IMAGE_NAMES = {"cpu": "ganforge", "gpu": "ganforge-gpu"}
 LOCAL_BASE = "localhost/ganforge-base:bookworm"
+# BentoML's own default: the building interpreter's Python version, slim Debian
+BENTOML_BASE = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
 IMAGE_CA = "/etc/ssl/certs/ca-certificates.crt"  # where Debian-family images keep the bundle
 # as Debian's own slim images: no docs, manuals or translations from packages installed later
 SLIM_DPKG = "".join(f"path-exclude /usr/share/{d}/*\n" for d in ("doc", "man", "locale")) + \
@@ -178,7 +180,7 @@ def build(variant: str, models: Path, image: str | None, base_image: str | None,
     engine = find_engine(engine)
     base = choose_base(engine, base_image)
     if ca_bundle and engine == "docker":
-        base = with_ca_layer(engine, base or "python:3.11-slim", ca_bundle)
+        base = with_ca_layer(engine, base or BENTOML_BASE, ca_bundle)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ganforge-bento-") as tmp:
         bentofile = stage_context(Path(tmp), variant, models, base)
@@ -205,7 +207,7 @@ def build(variant: str, models: Path, image: str | None, base_image: str | None,
 def preflight(engine: str | None, base_image: str | None) -> str:
     """Engine found, base image at hand, and a container runs in it (the OCI runtime works)."""
     engine = find_engine(engine)
-    base = choose_base(engine, base_image) or "python:3.11-slim"
+    base = choose_base(engine, base_image) or BENTOML_BASE
     proc = _run([engine, "run", "--rm", base, "true"], timeout=300)
     if proc.returncode != 0:
         raise ContainerError(f"{engine} cannot run a container here ({engine} run {base} true): {_tail(proc)}")
