@@ -61,8 +61,8 @@ def _run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProce
 
 
 def _tail(proc: subprocess.CompletedProcess, lines: int = 5) -> str:
-    text = (proc.stderr or "") + (proc.stdout or "")
-    return " | ".join(text.strip().splitlines()[-lines:]) or f"exit code {proc.returncode}"
+    text = (proc.stdout or "") + "\n" + (proc.stderr or "")  # the error last
+    return " | ".join([line for line in text.splitlines() if line.strip()][-lines:]) or f"exit code {proc.returncode}"
 
 
 def find_engine(preferred: str | None = None) -> str:
