@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 PORT   ?= 3000
 # pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
 
-.PHONY: serve test test-fast browser data models bench build clean help
+.PHONY: serve test test-fast browser data models bench build clean help soak
 .PHONY: container container-gpu container-test container-engine
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make container-test build the CPU image, run it, call every endpoint, stop and remove it"
 	@echo "make bench    benchmarks on a quiet machine (~15-20 min on 2 cores) -> bench/results/"
 	@echo "make bench-quick  the same path on small inputs (~1-2 min): a check, not a measurement"
+	@echo "make soak     load + fault runs on a real server, loopback only (~3 min) -> soak/results/"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +69,12 @@ bench: $(VENV)/.stamp-dev
 
 bench-quick: $(VENV)/.stamp-dev
 	$(PY) -m bench --quick $(BENCH_ARGS)
+
+# Bounded load and fault runs (issue 7) against `bentoml serve` on 127.0.0.1, on a temporary copy of
+# $(GANFORGE_MODELS_DIR) (default models/). SOAK_ARGS="--fixtures" serves the tests' tiny models;
+# "--clients 16 --duration 60 --kill-duration 30 --burst 200" are the defaults. See soak/__main__.py.
+soak: $(VENV)/.stamp-dev
+	$(PY) -m soak $(SOAK_ARGS)
 
 # The default zoo from scratch: each model is trained, exported into models/ and evaluated on its
 # held-out split with the committed configs (a few hours on a 2-core CPU; runs/<name>/ can --resume).
