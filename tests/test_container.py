@@ -224,9 +224,15 @@ def test_metrics(served, http):
     assert re.search(r'bentoml_service_request_total\{[^}]*endpoint="/(generate|translate|upscale)"', text)
 
 
-def test_logs_are_json_lines(engine, served):
+def test_logs_are_json_lines(engine, served, http):
     _, cid = served
-    logs = _run([engine, "logs", cid])
+    assert http.get("/models").status_code == 200
+    deadline = time.monotonic() + 10
+    while True:  # the access line is written after the response
+        logs = _run([engine, "logs", cid])
+        if "path=/models" in logs.stdout + logs.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling interval, not an assertion
     lines = [line for line in (logs.stdout + logs.stderr).splitlines() if line.strip()]
     assert not [line for line in lines if TEXT_LOG_LINE.match(line)], "BentoML text log lines in the image's log"
     entries = [json.loads(line) for line in lines if line.startswith("{")]
