@@ -416,3 +416,92 @@ def test_bentoml_pickle_content_type_is_refused(models, route):
         resp = c.post(route, content=pickle.dumps(Boom()), headers={"Content-Type": "application/vnd.bentoml+pickle"})
         assert resp.status_code == 415 and resp.json()["status"] == 415
     assert not Path("/tmp/ganforge-pwned").exists()
+
+
+# ---------------------------------------------------------------- training faults
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(tiny_datasets, tmp_path, monkeypatch, bad):
+    """A loss turns non-finite in step index 4 (the 5th of 6): the run stops naming the step and the loss;
+    the checkpoint after 4 good steps is the newest, and nothing of the bad step was saved."""
+    import torch
+
+    from tiny_configs import tiny_raw
+    from training import checkpoint as ckpt
+    from training.config import load_config
+    from training.recipes.base import Recipe, TrainingDiverged
+    from training.train import train
+
+    real = Recipe.check_finite
+
+    def poisoned(losses, step):
+        if step == 4:
+            losses = {**losses, next(iter(losses)): torch.tensor(bad)}
+        return real(losses, step)
+
+    monkeypatch.setattr(Recipe, "check_finite", staticmethod(poisoned))
+    raw = tiny_raw("dcgan", tiny_datasets)
+    raw["train"].update(steps=6, ckpt_every=1, sample_every=100)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 4: .*(nan|inf).*last good checkpoint kept"):
+        train(load_config(None, raw=raw), out_dir=run, log=lambda *a: None)
+    steps = [ckpt.load(p)["step"] for p in ckpt.list_checkpoints(run)]
+    assert steps == [1, 2, 3, 4], steps
+    _, payload = ckpt.latest_valid(run)
+    assert payload["step"] == max(steps)
+    for net in payload["nets"].values():
+        assert all(torch.isfinite(t).all() for t in net.values() if t.is_floating_point())
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_steps_resumes_from_the_last_good_checkpoint(tiny_datasets, tmp_path):
+    """Two SIGKILLs at random steps (the seed is in the failure message), each followed by --resume:
+    the run ends with the very weights of an uninterrupted run."""
+    import random
+    import sys
+
+    import torch
+    import yaml
+
+    from tiny_configs import tiny_raw
+    from training import checkpoint as ckpt
+    from training.config import load_config
+    from training.train import train
+
+    seed = int(time.time())
+    rng = random.Random(seed)
+    steps = 24
+    raw = tiny_raw("dcgan", tiny_datasets)
+    raw["train"].update(steps=steps, ckpt_every=1, keep_ckpts=3, log_every=10, sample_every=1000)
+    cfg_path = tmp_path / "dcgan.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "training", "train", str(cfg_path), "--out", str(run)]
+    killed_at = []
+    for kill in range(2):
+        done = ckpt.latest_valid(run)[1]["step"] if ckpt.list_checkpoints(run) else 0
+        target = rng.randint(done + 1, done + 8)
+        proc = subprocess.Popen(cmd + (["--resume"] if kill else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            found = ckpt.list_checkpoints(run)
+            if found and int(found[-1].stem.split("-")[-1]) >= target:
+                break
+            time.sleep(0.005)  # polling interval, not an assertion
+        proc.kill()
+        proc.wait(timeout=30)
+        assert proc.returncode == -9, f"seed {seed}: the run ended before the kill at step {target}"
+        killed_at.append(ckpt.latest_valid(run)[1]["step"])
+        assert killed_at[-1] >= target, f"seed {seed}"
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"(step {killed_at[-1]})" in out.stdout, (seed, out.stdout[-1000:])
+    straight = train(load_config(None, raw=raw), out_dir=tmp_path / "straight", log=lambda *a: None)
+    a, b = ckpt.latest_valid(straight)[1]["nets"], ckpt.latest_valid(run)[1]["nets"]
+    assert ckpt.latest_valid(run)[1]["step"] == steps
+    for net in a:
+        for k in a[net]:
+            torch.testing.assert_close(b[net][k], a[net][k], rtol=0, atol=1e-6, msg=f"seed {seed}: {net}.{k}")
