@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def smoke(repo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-results")
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--name", "smoke", "--out", str(out)],
-                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+                          cwd=repo_root, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, (f"exit {proc.returncode}\n--- stderr\n{proc.stderr[-4000:]}\n"
                                   f"--- stdout\n{proc.stdout[-2000:]}")
     return json.loads((out / "smoke.json").read_text()), proc.stdout, out
@@ -45,6 +45,16 @@ def test_compute_rows(smoke):
         assert r["gflop"] > 0 and r["onnxruntime_ms"] > 0 and r["torch_ms"] > 0
         assert r["torch_over_onnxruntime"] > 0 and 0 < r["onnxruntime_peak_fraction"]
         assert len(r["samples_s"]["onnxruntime"]) == len(r["samples_s"]["torch"]) == r["rounds"] >= 2
+
+
+def test_precision_rows(smoke):
+    rows = smoke[0]["sections"]["precision"]["rows"]
+    assert {r["model"] for r in rows} >= {"fashion", "colorize", "sneaker2boot", "srresnet-x4", "srgan-x4"}
+    for r in rows:
+        assert r["fp32_ms"] > 0 and r["int8_ms"] > 0 and r["fp32_over_int8"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
+        assert r["psnr_vs_fp32_db"] > 0 and r["int8_source"]
+        assert len(r["samples_s"]["fp32"]) == len(r["samples_s"]["int8"]) == r["rounds"] >= 2
+    assert "fp32/int8" in smoke[1]
 
 
 def test_serving_figures(smoke):

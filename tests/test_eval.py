@@ -10,13 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tiny_configs import tiny_raw
+from tiny_configs import export_tiny_models
 from training import checkpoint as ckpt
 from training import evaluate as ev
 from training import export as ex
 from training.classifier import ClassifierConfig, ensure_classifier, to_classifier_input
-from training.config import load_config
-from training.train import train
 
 CLASSIFIER_STEPS = 20
 
@@ -28,14 +26,8 @@ def quiet(*args, **kwargs) -> None:
 @pytest.fixture(scope="module")
 def models(tiny_datasets, tmp_path_factory) -> Path:
     """A models folder with one tiny exported model per family (TorchScript exporter, no fp16: fast)."""
-    runs, out = tmp_path_factory.mktemp("eval-runs"), tmp_path_factory.mktemp("eval-models")
-    for family in ("dcgan", "pix2pix", "cyclegan", "srgan"):
-        raw = tiny_raw(family, tiny_datasets)
-        raw["train"].update(steps=2, ckpt_every=2, sample_every=2)
-        run = train(load_config(None, raw=raw), out_dir=runs / family, log=quiet)
-        ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], f"tiny-{family}", out, exporter="torchscript",
-                             fp16=False, log=quiet)
-    return out
+    return export_tiny_models(tiny_datasets, tmp_path_factory.mktemp("eval-runs"),
+                              tmp_path_factory.mktemp("eval-models"), quiet)
 
 
 @pytest.fixture(scope="module")

@@ -39,3 +39,21 @@ def tiny_raw(family: str, data: dict[str, Path], out_dir: Path | None = None) ->
 
 
 FAMILIES = ["dcgan", "pix2pix", "cyclegan", "srgan"]
+
+
+def export_tiny_models(data: dict[str, Path], runs: Path, out: Path, log, srgan_generator: dict | None = None) -> Path:
+    """One tiny model per family, trained 2 steps and exported as OUT/tiny-<family> (TorchScript, no fp16: fast)."""
+    from training import checkpoint as ckpt
+    from training import export as ex
+    from training.config import load_config
+    from training.train import train
+
+    for family in FAMILIES:
+        raw = tiny_raw(family, data)
+        raw["train"].update(steps=2, ckpt_every=2, sample_every=2)
+        if family == "srgan" and srgan_generator:
+            raw["model"]["generator"].update(srgan_generator)
+        run = train(load_config(None, raw=raw), out_dir=runs / family, log=log)
+        ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], f"tiny-{family}", out, exporter="torchscript",
+                             fp16=False, log=log)
+    return out

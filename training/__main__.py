@@ -1,4 +1,4 @@
-"""ganforge training CLI: `python -m training {train,prepare,export,eval,sheets} ...`."""
+"""ganforge training CLI: `python -m training {train,prepare,export,eval,quantize,sheets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,11 @@ def _eval(argv: list[str]) -> int:
     return evaluate.main(argv) or 0
 
 
+def _quantize(argv: list[str]) -> int:
+    from . import quantize
+    return quantize.main(argv) or 0
+
+
 def _sheets(argv: list[str]) -> int:
     from . import sheets
     return sheets.main(argv) or 0
@@ -33,6 +38,7 @@ def _sheets(argv: list[str]) -> int:
 DELEGATED = {
     "export": (_export, "export a checkpoint to ONNX and publish it into models/ (--rollback, --verify)"),
     "eval": (_eval, "measure a published model on held-out data (writes its card)"),
+    "quantize": (_quantize, "write an int8 (QDQ) variant of a published model for the CPU provider"),
     "sheets": (_sheets, "sample sheets (PNG) of published models on held-out data, and a metrics table"),
 }
 
