@@ -21,6 +21,7 @@
 | GANFORGE_LOG_FORMAT         | text                 | text: BentoML's log lines. json: one JSON object per line (service/logs.py); the container image sets json. |
 | GANFORGE_RELOAD_POLL_S      | 0                    | every this many seconds each worker re-scans the models dir and swaps in changed models (0 = off; `POST /admin/reload` reloads on demand). |
 | GANFORGE_READY_REQUIRES_ALL | 0                    | 1: /readyz answers 503 while any model is unavailable. 0: /readyz is 200 once the worker is up; unavailable models are named in /models. |
+| GANFORGE_PRECISION          | fp32                 | which variant of each model's graphs runs on the CPU provider: `fp32`, or `int8` (the card's `variants.int8`, made by `python -m training quantize`); comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, or running on CUDA) serves fp32 and logs why; /models says what runs. |
 
 Invalid values stop the service at startup with a message naming the variable.
 """
@@ -36,6 +37,7 @@ from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "int8")
 
 
 class SettingsError(ValueError):
@@ -79,6 +81,28 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} must be 0 or 1")
 
 
+def _precision(env: Mapping[str, str], name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`int8`, `name:int8,other:fp32` or `int8,name:fp32` -> (default, ((model, precision), ...))."""
+    default, per_model = None, {}
+    for item in env.get(name, "").replace(" ", "").split(","):
+        if not item:
+            continue
+        model, _, value = item.rpartition(":")
+        value = value.lower()
+        if value not in PRECISIONS:
+            raise SettingsError(f"{name}: {item!r} must be PRECISION or NAME:PRECISION, PRECISION one of "
+                                f"{', '.join(PRECISIONS)}")
+        if not model:
+            if default is not None:
+                raise SettingsError(f"{name}={env.get(name)!r} gives more than one default precision")
+            default = value
+        elif model in per_model:
+            raise SettingsError(f"{name}: model {model!r} is named twice")
+        else:
+            per_model[model] = value
+    return default or "fp32", tuple(sorted(per_model.items()))
+
+
 @dataclass(frozen=True)
 class Settings:
     models_dir: Path = REPO_ROOT / "models"
@@ -100,6 +124,12 @@ class Settings:
     log_format: str = "text"
     reload_poll_s: float = 0.0
     ready_requires_all: bool = False
+    precision: str = "fp32"  # GANFORGE_PRECISION's default
+    model_precision: tuple[tuple[str, str], ...] = ()  # its NAME:PRECISION entries
+
+    def precision_for(self, name: str) -> str:
+        """The precision GANFORGE_PRECISION asks for model `name`."""
+        return dict(self.model_precision).get(name, self.precision)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -110,6 +140,7 @@ class Settings:
         models_dir = env.get("GANFORGE_MODELS_DIR", "").strip()
         token = env.get("GANFORGE_AUTH_TOKEN", "")
         log_format = env.get("GANFORGE_LOG_FORMAT", "text").strip().lower() or "text"
+        precision, model_precision = _precision(env, "GANFORGE_PRECISION")
         if log_format not in LOG_FORMATS:
             raise SettingsError(f"GANFORGE_LOG_FORMAT={log_format!r} must be one of {', '.join(LOG_FORMATS)}")
         return cls(
@@ -132,4 +163,6 @@ class Settings:
             log_format=log_format,
             reload_poll_s=_float(env, "GANFORGE_RELOAD_POLL_S", 0.0, 0.0),
             ready_requires_all=_bool(env, "GANFORGE_READY_REQUIRES_ALL", False),
+            precision=precision,
+            model_precision=model_precision,
         )

@@ -105,6 +105,8 @@ class ServedModel:
     fingerprint: tuple | None = field(default=None, repr=False)  # folder_fingerprint() when it was read
     loaded_at: str | None = None
     warning: str | None = None  # a newer copy on disk failed to load; this one still serves
+    precision: str = "fp32"  # the variant whose files run (GANFORGE_PRECISION)
+    precision_note: str | None = None  # why it is not the precision GANFORGE_PRECISION asked for
 
     @property
     def endpoint(self) -> str | None:
@@ -137,6 +139,13 @@ class ServedModel:
         }
         if self.warning:
             out["warning"] = self.warning
+        out["precision"] = self.precision
+        if self.precision_note:
+            out["precision_note"] = self.precision_note
+        variants = card.get("variants")
+        if isinstance(variants, dict):
+            out["variants"] = {name: {k: v[k] for k in ("produced", "max_abs", "psnr_vs_fp32_db", "speedup") if k in v}
+                               for name, v in variants.items() if isinstance(v, dict)}
         for key in ("endpoint", "family", "description", "version", "exported_at", "opset", "runtimes",
                     "graph", "input", "output", "tiling", "latent_dim", "classes", "domains", "metrics"):
             if key in card:
@@ -398,8 +407,8 @@ def _stat_key(path: Path) -> tuple[int, int, int]:
 
 def _log_model(model: ServedModel) -> None:
     if model.ready:
-        logger.info("model %s (%s, %s) ready on %s", model.name, model.endpoint,
-                    model.card.get("version"), model.provider)
+        logger.info("model %s (%s, %s) ready on %s, %s", model.name, model.endpoint,
+                    model.card.get("version"), model.provider, model.precision)
     else:
         logger.error("model %s unavailable: %s", model.name, model.reason)
 
@@ -516,8 +525,46 @@ class ModelRegistry:
                 "reloads": self.reloads, "models": [m.public() for m in models.values()]}
 
 
+def variant_files(card: dict, roles: dict[str, str], wanted: str,
+                  providers: list) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """role -> (file, sha256) of the `wanted` precision's files; fp32's and the reason when it cannot be used."""
+    fp32 = {role: (path, card["files"][role]["sha256"]) for role, path in roles.items()}
+    if wanted == "fp32":
+        return fp32, None
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if first != CPU:
+        return fp32, f"{wanted} is a variant for the CPU provider; on {first} the fp32 graphs run"
+    entry = (card.get("variants") or {}).get(wanted)
+    files = entry.get("files") if isinstance(entry, dict) else None
+    if not isinstance(files, dict) or set(files) != set(roles):
+        return fp32, f"the card has no {wanted} variant for every role (python -m training quantize makes one)"
+    try:
+        paths = file_roles({"files": files})
+    except CardError as exc:
+        return fp32, f"variants.{wanted} is invalid: {exc}"
+    return {role: (paths[role], files[role]["sha256"]) for role in roles}, None
+
+
 def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel:
-    """Read, check and load one model folder; never raises for a bad model."""
+    """Read, check and load one model folder at GANFORGE_PRECISION's precision; never raises for a bad model.
+
+    A requested variant that is missing from the card, or whose files fail (missing, sha256, onnxruntime),
+    falls back to the fp32 files with a warning; `precision` / `precision_note` say what runs and why.
+    """
+    wanted = settings.precision_for(folder.name)
+    model = _load_model(folder, settings, providers, wanted)
+    if wanted != "fp32" and not model.ready and model.precision == wanted:  # the variant's own files failed
+        note = f"the {wanted} variant failed to load ({model.reason})"
+        model.close()
+        model = _load_model(folder, settings, providers, "fp32")
+        model.precision_note = note
+    if model.precision_note and model.card:
+        logger.warning("model %s: %s requested, serving %s: %s", folder.name, wanted, model.precision,
+                       model.precision_note)
+    return model
+
+
+def _load_model(folder: Path, settings: Settings, providers: list, wanted: str) -> ServedModel:
     model = ServedModel(name=folder.name, card={}, fingerprint=folder_fingerprint(folder),
                         loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     try:
@@ -551,10 +598,13 @@ def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel
         model.reason = f"invalid card: {exc}"
         return model
 
+    files, model.precision_note = variant_files(card, roles, wanted, providers)
+    if model.precision_note is None:
+        model.precision = wanted
     expected_inputs = set(_io_names(card, "inputs"))
     expected_output = _io_names(card, "outputs")[0]
     options = session_options(settings)
-    for role, filename in roles.items():
+    for role, (filename, sha256) in files.items():
         path = folder / filename
         try:
             data = path.read_bytes()
@@ -562,7 +612,7 @@ def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel
             model.reason = f"file {filename} ({role}) is missing or unreadable"
             return model
         digest = hashlib.sha256(data).hexdigest()
-        if digest != card["files"][role]["sha256"]:
+        if digest != sha256:
             model.reason = f"sha256 mismatch for {filename} ({role}): the file is corrupt or was changed"
             return model
         try:
