@@ -158,10 +158,15 @@ def server_processes(port: int) -> tuple[psutil.Process, list[psutil.Process]]:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
         if "serve" in cmd and "--port" in cmd and str(port) in cmd:
-            children = proc.children(recursive=True)
-            workers = [c for c in children if "worker" in " ".join(c.cmdline())]
-            return proc, workers
+            return proc, [c for c in proc.children(recursive=True) if _is_worker(c)]
     raise RuntimeError(f"no bentoml serve process on port {port}")
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    try:  # a killed worker stays a zombie until the supervisor reaps it: not a worker any more
+        return proc.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _established(proc: psutil.Process) -> int:
@@ -210,6 +215,48 @@ def corrupt_one(models: Path) -> str:
     data[len(data) // 2: len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 16])
     onnx.write_bytes(bytes(data))
     return folder.name
+
+
+def hold_slots_and_probe(base: str, requests: list, n_stalled: int, probes: int = 20) -> dict[str, Any]:
+    """Fill every worker's in-flight slots with uploads that stall mid-body, then time single requests:
+    with all slots taken they must be refused with 429 at once (no queueing); after release, 200."""
+    import socket
+
+    host, port = base.split("//")[1].split(":")
+    stalled = []
+    try:
+        for _ in range(n_stalled):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /upscale HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 100000\r\n\r\n--b\r\n")
+            stalled.append(sock)
+        time.sleep(1.0)  # the server registers the stalled uploads asynchronously
+        rec = Recorder()
+        with httpx.Client(base_url=base, timeout=60) as c:
+            for i in range(probes):
+                endpoint, model, kwargs = requests[i % len(requests)]
+                start = time.perf_counter()
+                status = c.post(f"/{endpoint}", **kwargs).status_code
+                rec.records.append(Record(0, endpoint, model, status, time.perf_counter() - start))
+    finally:
+        for sock in stalled:
+            sock.close()
+    after = Recorder()
+    with httpx.Client(base_url=base, timeout=120) as c:
+        deadline = time.perf_counter() + 15
+        while time.perf_counter() < deadline:  # slots free once the server sees the disconnects
+            if c.post("/generate", json={}).status_code != 429 and c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.2)
+        for i in range(10):
+            endpoint, model, kwargs = requests[i % len(requests)]
+            start = time.perf_counter()
+            after.records.append(Record(0, endpoint, model, c.post(f"/{endpoint}", **kwargs).status_code,
+                                        time.perf_counter() - start))
+    lat = np.array([r.latency_s for r in rec.records]) * 1000
+    return {"stalled_uploads": n_stalled, "probes": probes, "probe_statuses": rec.summary()["statuses"],
+            "probe_p50_ms": _pct(lat, 50), "probe_p99_ms": _pct(lat, 99),
+            "after_release_statuses": after.summary()["statuses"]}
 
 
 # ---------------------------------------------------------------- phases
@@ -377,10 +424,14 @@ def _run(cfg: SoakConfig, work: Path) -> dict[str, Any]:
                     "after_burst_statuses": after.summary()["statuses"]}
 
         over = asyncio.run(burst())
+        over["held_slots"] = hold_slots_and_probe(base, requests, 3 * cfg.max_concurrency * 2)
         result["overload"] = over
         checks["overload_answers_429"] = over["statuses"].get("429", 0) > 0
         checks["overload_no_5xx"] = over["server_errors_5xx"] == 0
         checks["overload_recovers"] = over["after_burst_statuses"] == {"200": 10}
+        held = over["held_slots"]
+        checks["overload_429_fast_when_full"] = held["probe_statuses"] == {"429": held["probes"]}
+        checks["overload_recovers_after_release"] = held["after_release_statuses"] == {"200": 10}
         result["server_log_tail"] = log_path.read_text(errors="replace").splitlines()[-15:]
 
     result["checks"] = checks
@@ -393,7 +444,8 @@ def _run(cfg: SoakConfig, work: Path) -> dict[str, Any]:
         "reload_under_load": {k: result["reload_under_load"].get(k) for k in
                               ("model", "new_version", "versions_served_after", "requests_during_load_failed")},
         "worker_kill": {k: kill_info[k] for k in ("requests", "requests_lost", "recovered_after_s", "statuses")},
-        "overload": {k: over[k] for k in ("burst", "statuses", "p99_429_ms", "after_burst_statuses")},
+        "overload": {**{k: over[k] for k in ("burst", "statuses", "p50_429_ms", "p99_429_ms", "after_burst_statuses")},
+                     "held_slots": over["held_slots"]},
         "startup_fault": {k: result["startup_fault"][k] for k in ("model", "status", "reason", "readyz")},
         "checks_failed": [c for c, ok in checks.items() if not ok],
         "elapsed_s": result["elapsed_s"],
