@@ -208,9 +208,11 @@ def republish(models: Path, name: str, tag: str) -> str:
 
 
 def corrupt_one(models: Path) -> str:
-    """Flip bytes in the middle of the first model's first ONNX file; its card's sha256 no longer matches."""
+    """Flip bytes in the middle of the first model's first served ONNX file (the card's `files`, not a
+    variant the CPU never loads); its card's sha256 no longer matches."""
     folder = next(f for f in sorted(models.iterdir()) if f.is_dir() and not f.name.startswith("."))
-    onnx = sorted(folder.glob("*.onnx"))[0]
+    card = json.loads((folder / "card.json").read_text())
+    onnx = folder / next(iter(card["files"].values()))["path"]
     data = bytearray(onnx.read_bytes())
     data[len(data) // 2: len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 16])
     onnx.write_bytes(bytes(data))
