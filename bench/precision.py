@@ -1,8 +1,9 @@
 """precision: the int8 variant (`python -m training quantize`) against the fp32 graph, side by side.
 
-Per model and input (compute.py's cases, but photo-like images instead of
-uniform noise, so the PSNR means something), two onnxruntime CPU sessions
-with the service's own options, fp32 and int8, in alternating rounds:
+Per model and input (compute.py's cases, a twin architecture only its
+first; photo-like images instead of uniform noise, so the PSNR means
+something), two onnxruntime CPU sessions with the service's own options,
+fp32 and int8, in alternating rounds:
 `fp32/int8` is the ratio of their medians (above 1: int8 has that much more
 throughput per core), `PSNR dB` is int8 against fp32 on that very input
 (peak = the output range, outputs clipped to it).
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .common import Profile, fmt_ms, fmt_x, interleaved, median_ms, photo_like, ratio, table
-from .compute import Case, cases_for
+from .compute import Case, architecture, cases_for
 from .models import CACHE, BenchModel, BenchModels
 
 
@@ -102,9 +103,15 @@ def session(path: Path):
 def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     rows = []
+    seen: dict[str, str] = {}  # architecture -> the model measured with it (as in compute)
     for model in models.models.values():
         files, info = int8_variant(model, profile, log)
-        for case in cases_for(model, profile.quick, rng):
+        cases = cases_for(model, profile.quick, rng)
+        if architecture(model) in seen and len(cases) > 1:
+            log(f"  {model.name}: same architecture as {seen[architecture(model)]}: only {cases[0].label}")
+            cases = cases[:1]  # same compute; its own weights still give its own PSNR
+        seen.setdefault(architecture(model), model.name)
+        for case in cases:
             feeds = photo_feeds(model, case)
             fp32, int8 = session(model.onnx_path(case.role)), session(files[case.role])
             out_range = ((model.card.get("roles") or {}).get(case.role, {}).get("output") or model.card["output"])["range"]

@@ -89,6 +89,29 @@ def test_pad_narrow_convs_is_exact():
     assert np.max(np.abs(got - want)) < 1e-4
 
 
+@pytest.mark.parametrize("scale,mode", [(4, "half_pixel"), (2, "pytorch_half_pixel"), (3, "half_pixel")])
+def test_bicubic_resize_as_conv_is_exact(scale, mode):
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="r", mode="cubic", cubic_coeff_a=-0.75,
+                            coordinate_transformation_mode=mode)
+    graph = helper.make_graph([node], "g", [x_info], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    before = cpu(model)
+    assert q.resize_as_conv(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Pad", "Conv", "DepthToSpace"]
+    after = cpu(model)
+    for h, w in ((1, 1), (2, 3), (9, 6)):  # edge clamping decides the small ones
+        x = np.random.default_rng(h).uniform(-1, 1, (2, 3, h, w)).astype(np.float32)
+        want, got = before.run(None, {"x": x})[0], after.run(None, {"x": x})[0]
+        assert got.shape == want.shape == (2, 3, h * scale, w * scale)
+        assert np.max(np.abs(got - want)) < 1e-5
+    linear = one_node_model("Conv", np.ones((3, 3, 1, 1), np.float32), None, 3)
+    linear.graph.node[0].op_type = "Resize"  # not a cubic Resize with scales: left alone
+    assert q.resize_as_conv(linear) == 0
+
+
 def test_psnr_definition():
     assert q.psnr_db(0.0, 2.0) == q.PSNR_CAP
     assert q.psnr_db(4e-4, 2.0) == pytest.approx(40.0)  # peak^2 / mse = 1e4

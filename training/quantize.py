@@ -10,12 +10,15 @@ Reads `models/NAME` (verified against its card), and for every role writes
 default, MinMax calibration), which the CPU provider fuses into QLinearConv
 and friends (VNNI kernels where the CPU has them).
 
-Before quantizing, two exact rewrites of the fp32 graph (checked against it):
+Before quantizing, exact rewrites of the fp32 graph (checked against it):
 
 - a ConvTranspose (stride s, group 1) becomes a Conv producing s*s phases
   + DepthToSpace(s): onnxruntime's CPU provider has no int8 ConvTranspose, so
   without this a DCGAN / U-Net decoder would stay fp32 with extra (de)quantize
   steps around it;
+- an integer-factor bicubic Resize (SRResNet's skip) becomes Pad(edge) + a
+  grouped Conv (one separable kernel per output phase) + DepthToSpace: the
+  Resize kernel costs as much as several convs here, and this runs int8 too;
 - a Conv with fewer than 16 output channels (e.g. SRResNet's last 9x9 conv to
   RGB) gets zero output channels up to 16 and a Slice back: the int8 conv
   kernels work in blocks of 16 output channels and are 2-4x slower than fp32
@@ -77,6 +80,18 @@ def _attrs(node) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _rewrite_nodes(graph, one) -> int:
+    """Replace each node for which `one(node)` returns new nodes (None: keep it); returns how many were replaced."""
+    nodes, count = [], 0
+    for node in list(graph.node):
+        new = one(node)
+        nodes += [node] if new is None else new
+        count += new is not None
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def convtranspose_as_conv(model) -> int:
     """Rewrite each 2-D ConvTranspose (group 1, no dilation) as Conv(s*s phases) + DepthToSpace(s, CRD).
 
@@ -88,8 +103,8 @@ def convtranspose_as_conv(model) -> int:
 
     graph = model.graph
     inits = _initializers(graph)
-    nodes, count = [], 0
-    for node in graph.node:
+
+    def one(node) -> list | None:
         a = _attrs(node)
         w_init = inits.get(node.input[1]) if node.op_type == "ConvTranspose" and len(node.input) > 1 else None
         ok = (w_init is not None and a.get("group", 1) == 1 and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
@@ -120,8 +135,7 @@ def convtranspose_as_conv(model) -> int:
                     break
                 plan.append((k, p, d_min, d_max, left, right))
         if not ok:
-            nodes.append(node)
-            continue
+            return None
         cin, cout = w.shape[:2]
         (kh, ph, dmin_h, dmax_h, lh, rh), (kw, pw, dmin_w, dmax_w, lw, rw) = plan
         kern = np.zeros((cout * s * s, cin, dmax_h - dmin_h + 1, dmax_w - dmin_w + 1), dtype=w.dtype)
@@ -143,21 +157,93 @@ def convtranspose_as_conv(model) -> int:
             b_init = inits.get(node.input[2])
             if b_init is None:  # a computed bias: keep the node as it is
                 graph.initializer.pop()
-                nodes.append(node)
-                continue
+                return None
             b_name = f"{base}_as_conv_b"
             graph.initializer.append(numpy_helper.from_array(np.repeat(numpy_helper.to_array(b_init), s * s), b_name))
             conv_in.append(b_name)
         out = node.output[0]
         phases = out if s == 1 else f"{base}_phases"
-        nodes.append(helper.make_node("Conv", conv_in, [phases], name=f"{base}_as_conv",
-                                      kernel_shape=list(kern.shape[2:]), pads=[lh, lw, rh, rw]))
+        new = [helper.make_node("Conv", conv_in, [phases], name=f"{base}_as_conv",
+                                kernel_shape=list(kern.shape[2:]), pads=[lh, lw, rh, rw])]
         if s > 1:
-            nodes.append(helper.make_node("DepthToSpace", [phases], [out], name=f"{base}_d2s", blocksize=s, mode="CRD"))
-        count += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return count
+            new.append(helper.make_node("DepthToSpace", [phases], [out], name=f"{base}_d2s", blocksize=s, mode="CRD"))
+        return new
+
+    return _rewrite_nodes(graph, one)
+
+
+def _cubic(x: float, a: float) -> float:
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+    return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+
+def _channels_of(model, name: str) -> int | None:
+    for v in list(model.graph.input) + list(model.graph.value_info):
+        if v.name == name:
+            dims = v.type.tensor_type.shape.dim
+            return dims[1].dim_value if len(dims) == 4 and dims[1].HasField("dim_value") else None
+    return None
+
+
+def resize_as_conv(model) -> int:
+    """Rewrite each integer-factor bicubic Resize (half_pixel, edge clamping) as Pad(edge) + Conv + DepthToSpace.
+
+    Output pixel s*i + r reads input taps floor(src) - 1 .. floor(src) + 2, src = i + (r + 0.5)/s - 0.5,
+    clamped to the image (= edge padding): one grouped conv with a separable kernel per phase (s*s phases per
+    channel) and DepthToSpace(s, CRD). The SRResNet bicubic skip is such a Resize; as a conv it is cheap and
+    runs int8 like the rest. Needs the channel count in the graph's shapes. Returns how many were rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consts = {name: numpy_helper.to_array(t) for name, t in _initializers(graph).items()}
+    consts.update({n.output[0]: numpy_helper.to_array(_attrs(n)["value"]) for n in graph.node
+                   if n.op_type == "Constant" and "value" in _attrs(n)})
+
+    def one(node) -> list | None:
+        a = _attrs(node)
+        scales = consts.get(node.input[2]) if node.op_type == "Resize" and len(node.input) > 2 else None
+        s = int(scales[2]) if scales is not None and scales.shape == (4,) else 0
+        channels = _channels_of(model, node.input[0]) if s else None
+        ok = (channels and s >= 1 and list(scales) == [1, 1, s, s] and (len(node.input) < 4 or not node.input[3])
+              and a.get("mode") in (b"cubic", "cubic") and a.get("exclude_outside", 0) == 0
+              and a.get("antialias", 0) == 0
+              and a.get("coordinate_transformation_mode") in (b"half_pixel", "half_pixel", b"pytorch_half_pixel",
+                                                              "pytorch_half_pixel"))
+        if not ok:
+            return None
+        coeff = float(a.get("cubic_coeff_a", -0.75))
+        taps = []  # per phase r: {offset from i: weight}
+        for r in range(s):
+            src = (r + 0.5) / s - 0.5
+            f = int(np.floor(src))
+            t = src - f
+            taps.append({f - 1: _cubic(1 + t, coeff), f: _cubic(t, coeff), f + 1: _cubic(1 - t, coeff),
+                         f + 2: _cubic(2 - t, coeff)})
+        pad = max(abs(o) for phase in taps for o in phase)
+        k = 2 * pad + 1
+        one_d = np.zeros((s, k), np.float64)
+        for r, phase in enumerate(taps):
+            for off, w in phase.items():
+                one_d[r, off + pad] += w
+        kernel = np.einsum("ak,bl->abkl", one_d, one_d).reshape(s * s, 1, k, k)
+        kernel = np.tile(kernel, (channels, 1, 1, 1)).astype(np.float32)  # channel c owns outputs c*s*s ..
+        base = node.name or node.output[0]
+        graph.initializer.extend([
+            numpy_helper.from_array(kernel, f"{base}_as_conv_w"),
+            numpy_helper.from_array(np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64), f"{base}_edge_pads")])
+        return [
+            helper.make_node("Pad", [node.input[0], f"{base}_edge_pads"], [f"{base}_edged"], name=f"{base}_edge",
+                             mode="edge"),
+            helper.make_node("Conv", [f"{base}_edged", f"{base}_as_conv_w"], [f"{base}_phases"],
+                             name=f"{base}_as_conv", group=channels, kernel_shape=[k, k]),
+            helper.make_node("DepthToSpace", [f"{base}_phases"], [node.output[0]], name=f"{base}_d2s",
+                             blocksize=s, mode="CRD"),
+        ]
+
+    return _rewrite_nodes(graph, one)
 
 
 def pad_narrow_convs(model, multiple: int = PAD_TO) -> int:
@@ -166,14 +252,13 @@ def pad_narrow_convs(model, multiple: int = PAD_TO) -> int:
 
     graph = model.graph
     inits = _initializers(graph)
-    nodes, count = [], 0
-    for node in graph.node:
+
+    def one(node) -> list | None:
         w_init = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
         w = numpy_helper.to_array(w_init) if w_init is not None else None
         bias_ok = len(node.input) < 3 or not node.input[2] or node.input[2] in inits
         if w is None or w.shape[0] >= multiple or _attrs(node).get("group", 1) != 1 or not bias_ok:
-            nodes.append(node)
-            continue
+            return None
         cout = w.shape[0]
         base = node.name or node.output[0]
         padded = np.zeros((multiple, *w.shape[1:]), dtype=w.dtype)
@@ -190,12 +275,10 @@ def pad_narrow_convs(model, multiple: int = PAD_TO) -> int:
         conv.attribute.extend(node.attribute)
         for name, value in ((f"{base}_s0", [0]), (f"{base}_s1", [cout]), (f"{base}_sax", [1])):
             graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
-        nodes += [conv, helper.make_node("Slice", [f"{base}_c{multiple}", f"{base}_s0", f"{base}_s1", f"{base}_sax"],
-                                         [out], name=f"{base}_slice")]
-        count += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return count
+        return [conv, helper.make_node("Slice", [f"{base}_c{multiple}", f"{base}_s0", f"{base}_s1", f"{base}_sax"],
+                                       [out], name=f"{base}_slice")]
+
+    return _rewrite_nodes(graph, one)
 
 
 def end_nodes(model, with_convs: bool) -> list[str]:
@@ -314,13 +397,15 @@ def prepared_fp32(src: Path, dst: Path, check_feeds: list[dict[str, np.ndarray]]
 
     model = onnx.load(str(src))
     deconvs = convtranspose_as_conv(model)
+    resizes = resize_as_conv(model)
     padded = pad_narrow_convs(model)
     onnx.save(model, str(dst))
     onnx.checker.check_model(str(dst), full_check=True)
     worst = max_abs_diff(session(src), session(dst), check_feeds)
     if not worst <= 1e-3:  # fp32 reassociation only; anything larger is a wrong rewrite
         raise ExportError(f"rewritten fp32 graph differs from {src.name} by {worst:.3e}: not quantizing")
-    return {"convtranspose_as_conv": deconvs, "padded_convs": padded, "rewrite_max_abs": worst}
+    return {"convtranspose_as_conv": deconvs, "resize_as_conv": resizes, "padded_convs": padded,
+            "rewrite_max_abs": worst}
 
 
 def max_abs_diff(a, b, feeds: list[dict[str, np.ndarray]]) -> float:
