@@ -58,7 +58,7 @@ def test_cli_reports_config_errors(tiny_datasets, tmp_path):
 
 def test_sigkill_then_resume_matches_straight_run(tiny_datasets, tmp_path):
     raw = tiny_raw("dcgan", tiny_datasets)
-    raw["train"].update(steps=150, ckpt_every=1, keep_ckpts=3, log_every=10, sample_every=1000)
+    raw["train"].update(steps=60, ckpt_every=1, keep_ckpts=3, log_every=10, sample_every=1000)
     cfg_path = _write_config(raw, tmp_path / "dcgan.yaml")
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -72,16 +72,19 @@ def test_sigkill_then_resume_matches_straight_run(tiny_datasets, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     killed_at = ckpt.latest_valid(run)[1]["step"]
-    assert proc.returncode == -signal.SIGKILL and 0 < killed_at < 150, "the run must be killed mid-way"
+    assert proc.returncode == -signal.SIGKILL and 0 < killed_at < 60, "the run must be killed mid-way"
 
     out = _cli("train", cfg_path, "--resume", "--out", run)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resuming from" in out.stdout and f"(step {killed_at})" in out.stdout
 
-    straight = train(load_config(None, raw=raw), out_dir=tmp_path / "straight", log=lambda *a: None)
+    # the straight run on the same thread count (OMP_NUM_THREADS=1): reductions split across threads
+    # round differently, and 60 GAN steps amplify that past 1e-6
+    straight = tmp_path / "straight"
+    assert _cli("train", cfg_path, "--out", straight).returncode == 0
     _assert_same_nets(ckpt.latest_valid(straight)[1]["nets"], ckpt.latest_valid(run)[1]["nets"], atol=1e-6)
     steps = [int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == sorted(set(steps)) and steps[-1] == 150  # no duplicated rows after the resume
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # no duplicated rows after the resume
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tiny_datasets, tmp_path):
