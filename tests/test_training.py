@@ -175,3 +175,19 @@ def test_srgan_stage2_starts_from_pretrained(tiny_datasets, tmp_path):
     want = ckpt.load(pre)["nets"]["G"]
     for k, v in recipe.nets["G"].state_dict().items():
         assert torch.equal(v, want[k])
+
+
+def test_atomic_write_gives_the_umask_mode_not_0600(tmp_path):
+    """Cards and checkpoints are readable by other users (the container's non-root service) as open() would make them."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "card.json"
+        ckpt.atomic_write(target, lambda f: f.write(b"{}"))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        assert target.read_bytes() == b"{}"
+        assert [p.name for p in tmp_path.iterdir()] == ["card.json"]  # no temp file left
+    finally:
+        os.umask(old)
