@@ -117,7 +117,7 @@ def sheet_pix2pix(card: dict[str, Any], sessions, data: dict[str, Any], n: int, 
     from PIL import Image
     rows = []
     in_ch = int(card["input"]["channels"])
-    for rgb in _photo_crops({**data, "kind": "hr_folder", "hr_size": None, "scale": 1}, n, size, size):
+    for rgb in _photo_crops(data, n, size, size):
         gray = np.asarray(Image.fromarray(rgb).convert("L"))
         x = hwc_to_nchw([gray if in_ch == 1 else np.repeat(gray[:, :, None], 3, 2)])
         out = to_pixels(run_tiled(sessions["generator"], to_graph(x, card["input"]["range"]), card),
@@ -127,7 +127,7 @@ def sheet_pix2pix(card: dict[str, Any], sessions, data: dict[str, Any], n: int, 
 
 
 def upscale_rows(cards: list[dict[str, Any]], sessions: list[dict], data: dict[str, Any], n: int, crop: int):
-    """Per held-out photo: bicubic, each model, the original (HR centre crop of `crop` px)."""
+    """Per held-out photo: bicubic, each model, the original (HR centre crop of `crop` px); and the labels."""
     from PIL import Image
     scale = int(cards[0]["output"]["scale"])
     rows = []
@@ -139,8 +139,11 @@ def upscale_rows(cards: list[dict[str, Any]], sessions: list[dict], data: dict[s
             y = run_tiled(sess["generator"], to_graph(x, card["input"]["range"]), card)
             row.append(_hwc(to_pixels(y, card["output"]["range"])[0]))
         rows.append(row + [hr])
-    labels = ["bicubic"] + [c["name"] for c in cards] + ["original"]
-    return grid(rows, col_labels=labels)
+    return rows, ["bicubic"] + [c["name"] for c in cards] + ["original"]
+
+
+def _columns(rows: list[list[np.ndarray]], labels: list[str], keep: list[int]):
+    return grid([[row[j] for j in keep] for row in rows], col_labels=[labels[j] for j in keep])
 
 
 # ------------------------------------------------------------------ metrics table
@@ -208,19 +211,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        photos = min(args.n, 4)
         ups = []
         for name, card in cards.items():
             sessions = {role: session(models / name / e["path"]) for role, e in card["files"].items()}
             family, endpoint = card.get("family"), card.get("endpoint")
-            photos = min(args.n, 4)
             if endpoint == "generate":
                 img = sheet_generate(card, sessions, args.n, args.seed)
             else:
                 data = data_config(card, args.data_root)
-                if endpoint == "upscale":
+                if endpoint == "upscale":  # drawn below, every upscale model run once on the same crops
                     ups.append((card, sessions, data))
-                    img = upscale_rows([card], [sessions], data, photos, args.crop)
-                elif family == "pix2pix":
+                    continue
+                if family == "pix2pix":
                     img = sheet_pix2pix(card, sessions, data, photos, args.crop)
                 elif family == "cyclegan":
                     img = sheet_cyclegan(card, sessions, data, args.n)
@@ -228,10 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise EvalError(f"no sample sheet for family {family!r} / endpoint {endpoint!r}")
             img.save(out / f"{name}.png", optimize=True)
             print(f"wrote {out / f'{name}.png'} ({img.width}x{img.height})")
-        if len(ups) > 1:
-            img = upscale_rows([u[0] for u in ups], [u[1] for u in ups], ups[0][2], min(args.n, 4), args.crop)
-            img.save(out / "upscale-compare.png", optimize=True)
-            print(f"wrote {out / 'upscale-compare.png'} ({img.width}x{img.height})")
+        if ups:
+            rows, labels = upscale_rows([u[0] for u in ups], [u[1] for u in ups], ups[0][2], photos, args.crop)
+            sheets = {card["name"]: [0, i + 1, len(labels) - 1] for i, (card, _, _) in enumerate(ups)}
+            if len(ups) > 1:
+                sheets["upscale-compare"] = list(range(len(labels)))
+            for stem, keep in sheets.items():
+                img = _columns(rows, labels, keep)
+                img.save(out / f"{stem}.png", optimize=True)
+                print(f"wrote {out / f'{stem}.png'} ({img.width}x{img.height})")
     except (EvalError, ExportError, ModelDirError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
