@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--tiny] [--only compute,precision,serving,bigimage,coldstart] [--name NAME]
+"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,serving,bigimage,coldstart] [--name NAME]
 
 Runs the sections, prints a plain-text table per section, and writes
 bench/results/<name>.json (machine, versions, every figure and its samples)
@@ -17,12 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import bigimage, coldstart, compute, precision, serving
+from . import bigimage, coldstart, compute, precision, serving, tuning
 from .common import PROFILES, busy_warning, machine
 from .models import REPO, prepare
 
 SECTIONS = {
     "compute": (compute.run, compute.report, "model compute: onnxruntime session vs torch eager"),
+    "tuning": (tuning.run, tuning.report, "onnxruntime session settings: the service's options vs one change each"),
     "precision": (precision.run, precision.report, "int8 variant vs fp32: throughput ratio and PSNR vs fp32"),
     "serving": (serving.run, serving.report, "serving overhead: session vs pipeline vs HTTP; throughput vs clients"),
     "bigimage": (bigimage.run, bigimage.report, "big images: tiled pipeline by tile size"),

@@ -1,15 +1,17 @@
 """Adaptive batching: one runner thread per session merges queued same-shaped requests.
 
-An idle runner takes a request at once: there is no waiting window, so a lone
-request pays only a thread hand-off. While the session is busy, arriving
+An idle session runs a request at once on the caller's own thread: there is
+no waiting window and no thread hand-off, so a lone request pays nothing for
+batching being on. While the session is busy, arriving
 requests queue; the next run takes the oldest one together with every other
 queued request whose inputs have the same non-batch shapes and dtypes, up to
 `max_batch` rows, concatenated along the batch axis. Batching thus happens
 exactly when there is load, and only between requests that can share a graph
 run (/generate calls of one model; /translate and tiles of one size).
 
-Running every call of a session from one thread also keeps onnxruntime's
-intra-op thread pool from being oversubscribed by concurrent requests.
+At most one run of a session is in flight at a time (the caller's direct run
+or the runner thread's merged one), which also keeps onnxruntime's intra-op
+thread pool from being oversubscribed by concurrent requests.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class SessionBatcher:
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = False  # a run is in flight (direct on a caller's thread, or the runner's)
         self._outputs: list[str] | None = None
         self.stats = {"runs": 0, "requests": 0, "max_rows": 0}
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -62,9 +65,16 @@ class SessionBatcher:
                 # A reload closed this model's batcher while a request still held the model:
                 # run on the caller's thread, unbatched, on the session it started with.
                 return self._run(outputs, feeds)
-            self._queue.append(job)
-            self._cond.notify()
-        job.done.wait()
+            direct = not self._busy and not self._queue
+            if direct:
+                self._busy = True
+            else:
+                self._queue.append(job)
+                self._cond.notify()
+        if direct:  # the fast path: nothing to merge with, so no hand-off to the runner thread
+            self._execute([job], done=True)
+        else:
+            job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -90,14 +100,20 @@ class SessionBatcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while (self._busy or not self._queue) and not self._closed:
                     self._cond.wait()
                 if self._closed and not self._queue:
                     return
+                if self._busy:  # closed while a direct run is in flight: let it finish first
+                    self._cond.wait(0.01)
+                    continue
+                self._busy = True
                 jobs = self._take()
             self._execute(jobs)
 
-    def _execute(self, jobs: list[_Job]) -> None:
+    def _execute(self, jobs: list[_Job], done: bool = False) -> None:
+        """Run `jobs` as one graph run, then clear the busy flag and wake the runner for the queue.
+        `done`: the caller reads the result itself (the direct path); no event to set."""
         outputs = list(jobs[0].key[0])
         try:
             if len(jobs) == 1:
@@ -116,8 +132,12 @@ class SessionBatcher:
             self.stats["runs"] += 1
             self.stats["requests"] += len(jobs)
             self.stats["max_rows"] = max(self.stats["max_rows"], sum(j.rows for j in jobs))
-            for job in jobs:
-                job.done.set()
+            with self._cond:
+                self._busy = False
+                self._cond.notify()
+            if not done:
+                for job in jobs:
+                    job.done.set()
 
     def describe(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, **self.stats}

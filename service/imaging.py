@@ -38,7 +38,11 @@ OUTPUT_FORMATS = {
     "webp": ("WEBP", "image/webp"),
 }
 DEFAULT_QUALITY = 90
-PNG_COMPRESS_LEVEL = 3  # zlib level: large upscales encode ~3x faster than level 9, files ~10% larger
+# zlib level 1 with the Z_RLE strategy (Pillow's compress_type): on this project's outputs (photos,
+# upscales, generator grids) 1.5-2x faster than level 3 with the default strategy AND 4-14% smaller
+# (measured: 256px colorize 7.2 -> 4.3 ms, 129 -> 115 kB; 512px upscale 30 -> 17 ms, 341 -> 295 kB).
+PNG_COMPRESS_LEVEL = 1
+PNG_COMPRESS_TYPE = 3  # zlib.Z_RLE
 
 
 @dataclass
@@ -228,7 +232,7 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality
         image = Image.fromarray(pixels[..., 0] if gray else pixels, "L" if gray else "RGB")
     buffer = io.BytesIO()
     if pil_format == "PNG":
-        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_COMPRESS_TYPE)
     elif pil_format == "JPEG":
         image.save(buffer, format="JPEG", quality=quality)
     else:

@@ -20,8 +20,10 @@ class SlowDouble:
         self.calls: list[int] = []
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.threads: list[int] = []
 
     def run(self, outputs, feeds):
+        self.threads.append(threading.get_ident())
         if not self.calls:
             self.entered.set()
             self.release.wait(10)
@@ -43,12 +45,19 @@ def _submit_all(batcher, inputs, fake):
         return [f for f in futures]
 
 
-def test_lone_request_runs_at_once():
+def test_lone_request_runs_at_once_on_the_callers_thread():
     fake = SlowDouble()
     fake.release.set()
     b = SessionBatcher(fake.run, max_batch=8)
-    out = b.run(["y"], {"x": np.ones((2, 3), np.float32)})
-    assert np.array_equal(out[0], np.full((2, 3), 2, np.float32)) and fake.calls == [2]
+    for _ in range(3):
+        out = b.run(["y"], {"x": np.ones((2, 3), np.float32)})
+        assert np.array_equal(out[0], np.full((2, 3), 2, np.float32))
+    assert fake.calls == [2, 2, 2]
+    assert fake.threads == [threading.get_ident()] * 3  # no hand-off to the runner thread when idle
+    with pytest.raises(RuntimeError, match="negative"):  # the direct path raises the session's error
+        b.run(["y"], {"x": -np.ones((1, 3), np.float32)})
+    assert b.run(["y"], {"x": np.ones((1, 3), np.float32)})[0][0, 0] == 2  # and is not left busy
+    assert b.describe()["runs"] == 5
     b.close()
 
 

@@ -57,6 +57,19 @@ def test_precision_rows(smoke):
     assert "fp32/int8" in smoke[1]
 
 
+def test_tuning_rows(smoke):
+    tuning = smoke[0]["sections"]["tuning"]
+    variants = ["service", "1 thread", "no spinning", "opt extended", "opt basic", "no arena"]
+    assert tuning["variants"] == variants
+    assert {r["model"] for r in tuning["rows"]} >= {"fashion", "colorize", "sneaker2boot"}
+    for r in tuning["rows"]:
+        assert set(r["ms"]) == set(variants) and all(v > 0 for v in r["ms"].values())
+        assert r["service_over"]["1 thread"] == pytest.approx(r["ms"]["service"] / r["ms"]["1 thread"])
+        assert r["best"] in variants and r["max_abs_diff_vs_service"] < 1e-4  # settings never change the output
+        assert all(len(v) == r["rounds"] >= 2 for v in r["samples_s"].values())
+    assert "service ms" in smoke[1]
+
+
 def test_serving_figures(smoke):
     serving = smoke[0]["sections"]["serving"]
     assert set(serving["servers"]) == {"default", "batching", "threads"}
@@ -65,7 +78,8 @@ def test_serving_figures(smoke):
         for who in ("session", "pipeline", "http"):
             assert r[who]["p50_ms"] > 0 and r[who]["p99_ms"] >= r[who]["p50_ms"]
         assert r["http_over_session"] > 0 and r["pipeline_over_session"] > 0
-    assert len(serving["throughput"]) == 2
+    assert [t["workload"].split(" (")[0] for t in serving["throughput"]] == [
+        "generate n=1", "translate 28x28", "translate 256x256"]
     for t in serving["throughput"]:
         assert t["bare_batch1_rps"] > 0 and t["bare_batch16_rows_per_s"] > 0
         assert {(r["server"], r["clients"]) for r in t["rows"]} == {
@@ -92,7 +106,7 @@ def test_bigimage_and_coldstart(smoke):
 
 def test_prints_tables_and_writes_the_plot(smoke):
     _, stdout, out = smoke
-    for heading in ("== compute", "== serving", "== bigimage", "== coldstart", "torch/ort", "http/session",
+    for heading in ("== compute", "== tuning", "== serving", "== bigimage", "== coldstart", "torch/ort", "http/session",
                     "peak RSS MiB", "/readyz"):
         assert heading in stdout
     png = (out / "smoke.png").read_bytes()

@@ -372,17 +372,45 @@ def test_cli_rollback_through_python_m_training(tiny_ckpts, tmp_path):
     assert card["training"]["steps"] == ckpt.load(tiny_ckpts["dcgan"])["step"]
 
 
-def test_srresnet_with_bicubic_skip_exports_with_fp16(tiny_datasets, tmp_path):
-    """The shipped SR config (no norm, global bicubic skip): a Resize in the graph, parity and fp16 both hold."""
+def test_srresnet_with_bicubic_skip_exports_optimized_with_fp16(tiny_datasets, tmp_path):
+    """The shipped SR config (no norm, global bicubic skip). Export rewrites the bicubic Resize as a conv
+    (training/optimize.py): parity with torch and fp16 both hold on the rewritten graph. A folder published
+    without the rewrite gets it from `python -m training optimize`, same function, new version, .prev kept."""
+    import onnx
+    import onnxruntime as ort
+
+    from training import optimize as opt
+    from training.__main__ import main as cli
+
     raw = tiny_raw("srgan", tiny_datasets)
     raw["model"]["generator"].update(norm="none", skip="bicubic")
     raw["train"].update(steps=2, ckpt_every=2, sample_every=2)
     run = train(load_config(None, raw=raw), out_dir=tmp_path / "run", log=quiet)
-    folder = ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], "sk", tmp_path / "models", log=quiet).path
+    checkpoint = ckpt.list_checkpoints(run)[-1]
+    models = tmp_path / "models"
+    folder = ex.export_checkpoint(checkpoint, "sk", models, log=quiet).path
     card = json.loads((folder / "card.json").read_text())
-    import onnx
-    assert "Resize" in {n.op_type for n in onnx.load(str(folder / "generator.onnx")).graph.node}
-    assert card["metrics"]["parity_max_abs"] < 1e-4
+    ops = lambda f: {n.op_type for n in onnx.load(str(f)).graph.node}  # noqa: E731
+    assert "Resize" not in ops(folder / "generator.onnx")
+    assert card["optimized"]["rewrites"] == {"generator": {"resize_as_conv": 1}}
+    assert card["metrics"]["parity_max_abs"] < 1e-4  # torch vs the rewritten graph
     fp16 = card["variants"]["fp16"]
     assert fp16["produced"] == "export", fp16
     assert fp16["max_abs"] < fp16["tolerance_max_abs"]
+
+    plain = ex.export_checkpoint(checkpoint, "plain", models, fp16=False, optimize=False, log=quiet).path
+    assert "Resize" in ops(plain / "generator.onnx")
+    before = json.loads((plain / "card.json").read_text())
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 24, 40)).astype(np.float32)
+    run_graph = lambda f: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]  # noqa: E731
+    want = run_graph(plain / "generator.onnx")
+    assert cli(["optimize", "plain", "--models", str(models), "--dry-run"]) == 0
+    assert json.loads((plain / "card.json").read_text()) == before  # a dry run publishes nothing
+    assert opt.optimize_model("plain", models, log=quiet) == {"generator": {"resize_as_conv": 1}}
+    after = ex.verify_model_dir(plain, deep=True)
+    assert "Resize" not in ops(plain / "generator.onnx")
+    assert after["version"] != before["version"] and after["optimized"]["previous_version"] == before["version"]
+    assert np.abs(run_graph(plain / "generator.onnx") - want).max() < 1e-5
+    assert (models / ".plain.prev" / "generator.onnx").exists()
+    assert opt.optimize_model("plain", models, log=quiet) == {}  # already done: nothing published
+    assert ex.verify_model_dir(plain)["version"] == after["version"]

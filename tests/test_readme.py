@@ -45,7 +45,9 @@ def python_example() -> str:
 
 
 def shipped() -> list[str]:
-    return sorted(p.name for p in MODELS.iterdir() if (p / "card.json").is_file()) if MODELS.is_dir() else []
+    # dot folders (.NAME.prev rollback copies, staging) are never served
+    return sorted(p.name for p in MODELS.iterdir()
+                  if not p.name.startswith(".") and (p / "card.json").is_file()) if MODELS.is_dir() else []
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ganforge training CLI: `python -m training {train,prepare,export,eval,quantize,sheets} ...`."""
+"""ganforge training CLI: `python -m training {train,prepare,export,eval,quantize,optimize,sheets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,11 @@ def _quantize(argv: list[str]) -> int:
     return quantize.main(argv) or 0
 
 
+def _optimize(argv: list[str]) -> int:
+    from . import optimize
+    return optimize.main(argv) or 0
+
+
 def _sheets(argv: list[str]) -> int:
     from . import sheets
     return sheets.main(argv) or 0
@@ -39,6 +44,7 @@ DELEGATED = {
     "export": (_export, "export a checkpoint to ONNX and publish it into models/ (--rollback, --verify)"),
     "eval": (_eval, "measure a published model on held-out data (writes its card)"),
     "quantize": (_quantize, "write an int8 (QDQ) variant of a published model for the CPU provider"),
+    "optimize": (_optimize, "apply the measured exact graph rewrites to a published model (export does it too)"),
     "sheets": (_sheets, "sample sheets (PNG) of published models on held-out data, and a metrics table"),
 }
 

@@ -700,7 +700,8 @@ class ExportResult:
 def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "models",
                       tolerance: float = DEFAULT_TOLERANCE, fp16: bool = True,
                       fp16_tolerance: float = DEFAULT_FP16_TOLERANCE, description: str | None = None,
-                      exporter: str = "auto", data_root: str | None = None, log=print) -> ExportResult:
+                      exporter: str = "auto", data_root: str | None = None, optimize: bool = True,
+                      log=print) -> ExportResult:
     """Export, check and publish a checkpoint as OUT/NAME (see the module docstring)."""
     from . import checkpoint as ckpt
     from .recipes.base import Recipe
@@ -729,7 +730,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "mode
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the service may run as another user
         try:
             result = _build(staging, name, checkpoint, payload, recipe, specs, tolerance, fp16, fp16_tolerance,
-                            description, exporter, data_root, log)
+                            description, exporter, data_root, log, optimize)
             fsync_dir(staging)
             install(staging, out, name)
         except _Published:
@@ -745,7 +746,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "mode
 
 def _build(staging: Path, name: str, checkpoint, payload, recipe, specs, tolerance: float, fp16: bool,
            fp16_tolerance: float, description: str | None, exporter: str, data_root: str | None,
-           log) -> ExportResult:
+           log, optimize: bool = True) -> ExportResult:
     """Write and check every file of the folder into `staging`; raises ParityError over the tolerance."""
     cfg = recipe.cfg
     family, endpoint = recipe.family, recipe.endpoint
@@ -755,11 +756,18 @@ def _build(staging: Path, name: str, checkpoint, payload, recipe, specs, toleran
     parity: dict[str, Any] = {}
     cases_by_role: dict[str, list[Case]] = {}
     worst = {"random": 0.0}
+    rewrites: dict[str, dict[str, int]] = {}
     for role, spec in specs.items():
         path = staging / f"{role}.onnx"
         t0 = time.perf_counter()
         used.add(export_graph(spec, path, exporter, log))
         check_graph(path, role)
+        if optimize:  # exact rewrites for onnxruntime CPU (training/optimize.py); parity below checks them
+            from .optimize import optimize_graph
+            counts = optimize_graph(path)
+            if counts:
+                rewrites[role] = counts
+                check_graph(path, role)
         cases, info = parity_cases(family, role, spec, cfg, data_root)
         errs = measure(cpu_session(path), spec, cases)
         for kind, err in errs.items():
@@ -818,6 +826,8 @@ def _build(staging: Path, name: str, checkpoint, payload, recipe, specs, toleran
     }
     if variants:
         card["variants"] = variants
+    if rewrites:
+        card["optimized"] = {"rewrites": rewrites, "at": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
     card["graph"] = graph
     for key in ("input", "output", "tiling", "latent_dim"):
         if key in first_spec.card:
@@ -931,6 +941,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="auto: dynamo, falling back to torchscript (default)")
     p.add_argument("--data-root", help="dataset root for the real parity inputs (default: the run config's)")
+    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the measured exact rewrites for onnxruntime CPU (training/optimize.py; default: on)")
     p.add_argument("--rollback", metavar="NAME", help="swap OUT/.NAME.prev back into OUT/NAME")
     p.add_argument("--verify", metavar="NAME", help="re-check OUT/NAME: every file against the card's sha256")
     return p
@@ -953,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: give CHECKPOINT and --name NAME (or --rollback NAME / --verify NAME)", file=sys.stderr)
             return 2
         export_checkpoint(args.checkpoint, args.name, args.out, args.tolerance, args.fp16, args.fp16_tolerance,
-                          args.description, args.exporter, args.data_root)
+                          args.description, args.exporter, args.data_root, args.optimize)
         return 0
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
