@@ -177,9 +177,12 @@ def to_float(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
 def to_pixels(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     """float [C, H, W] -> uint8 [H, W, C]: round((y - lo) / (hi - lo) * 255), clipped."""
     lo, hi = value_range
-    y = np.nan_to_num(values.astype(np.float32), nan=lo, posinf=hi, neginf=lo)
-    scaled = (y - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    y = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=lo, posinf=hi, neginf=lo)  # one float copy,
+    y -= np.float32(lo)  # then in place: a big image holds no further float temporaries
+    y *= np.float32(255.0 / (hi - lo))
+    np.rint(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8).transpose(1, 2, 0)
 
 
 def padded_size(size: int, multiple_of: int, min_size: int) -> int:

@@ -57,8 +57,8 @@ def run_image_model(model: ServedModel, role: str, pixels: np.ndarray) -> np.nda
     """uint8 [H, W, C_in] -> uint8 [H*s, W*s, C_out], tiled when larger than the tile."""
     spec = model.image_spec
     x = imaging.to_float(pixels, spec.in_range)
-    y = tile_and_blend(image_runner(model, role), x, spec.tile, spec.overlap, spec.scale)
-    return imaging.to_pixels(y, spec.out_range)
+    return tile_and_blend(image_runner(model, role), x, spec.tile, spec.overlap, spec.scale,
+                          finish=lambda y: imaging.to_pixels(y, spec.out_range))
 
 
 def translate_image(model: ServedModel, image: DecodedImage, role: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -242,6 +242,33 @@ def test_tiling_is_exact_for_a_pointwise_model():
     assert np.abs(tiled - untiled).max() < 1e-5
 
 
+def test_tiling_finishes_row_blocks_as_it_goes():
+    """With `finish`, rows are converted block by block (one tile row's float strip at a time) and the
+    result equals finishing the whole blended float image."""
+    rng = np.random.default_rng(1)
+    image = rng.uniform(-1, 1, (3, 150, 131)).astype(np.float32)
+
+    def blurry_x2(x):  # spatial context, so the blend weights matter
+        y = np.repeat(np.repeat(np.tanh(x * 1.5), 2, axis=2), 2, axis=3)
+        return (y + np.roll(y, 1, axis=2) + np.roll(y, 1, axis=3)) / 3
+
+    blocks = []
+
+    def finish(block):
+        blocks.append(block.shape)
+        return imaging.to_pixels(block, (-1, 1))
+
+    whole = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2)
+    pixels = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2, finish=finish)
+    assert pixels.shape == (300, 262, 3) and pixels.dtype == np.uint8
+    levels = np.abs(pixels.astype(int) - imaging.to_pixels(whole, (-1, 1)).astype(int))
+    assert levels.max() <= 1 and levels.mean() < 1e-3  # the same blend (division order may round once)
+    assert len(blocks) == len(tile_starts(150, 32, 6)) and sum(b[1] for b in blocks) == 300
+    assert max(b[1] for b in blocks) <= 32 * 2  # never more than one tile row of output rows at once
+    one = tile_and_blend(blurry_x2, image[:, :20, :30], tile=32, overlap=6, scale=2, finish=finish)
+    assert np.array_equal(one, imaging.to_pixels(blurry_x2(image[None, :, :20, :30])[0], (-1, 1)))  # untiled
+
+
 def test_upscale_tiled_matches_untiled(svc_unit_models):
     """The fixture x4 model (3x3 conv: 1 px of context) tiled at 64/8 vs one pass.
 
