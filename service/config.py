@@ -14,7 +14,7 @@
 | GANFORGE_TILE_OVERLAP       | -1                   | tile overlap in input pixels; -1 = the card's `tiling.overlap` (16 if none). |
 | GANFORGE_ORT_THREADS        | 0                    | onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per physical core). |
 | GANFORGE_WORKERS            | 1                    | BentoML worker processes (each loads every model once). |
-| GANFORGE_THREADS            | 1                    | requests a worker runs at once (BentoML `threads`). |
+| GANFORGE_THREADS            | 4                    | requests a worker runs at once (BentoML `threads`): decode/encode of one overlaps another's graph run, concurrent same-shaped requests batch, and a long upscale does not hold up small requests. 1 = strictly one at a time (least memory). |
 | GANFORGE_BATCH_MAX          | 16                   | adaptive batching: most rows one graph run may merge from queued same-shaped requests (service/batching.py); 1 = off. Needs GANFORGE_THREADS > 1 to see concurrent requests. |
 | GANFORGE_MAX_CONCURRENCY    | 32                   | /generate, /translate, /upscale requests in flight per worker (uploads included) before 429. |
 | GANFORGE_TIMEOUT_S          | 120                  | per-request timeout (BentoML answers 504). |
@@ -117,7 +117,7 @@ class Settings:
     tile_overlap: int = -1
     ort_threads: int = 0
     workers: int = 1
-    threads: int = 1
+    threads: int = 4  # measured (make bench, serving): > 1 serves 16 clients 1.1-1.2x faster, same 1-client latency
     batch_max: int = 16
     max_concurrency: int = 32
     timeout_s: float = 120.0
@@ -156,7 +156,7 @@ class Settings:
             tile_overlap=_int(env, "GANFORGE_TILE_OVERLAP", -1, -1),
             ort_threads=_int(env, "GANFORGE_ORT_THREADS", 0, 0),
             workers=_int(env, "GANFORGE_WORKERS", 1, 1),
-            threads=_int(env, "GANFORGE_THREADS", 1, 1),
+            threads=_int(env, "GANFORGE_THREADS", cls.threads, 1),
             batch_max=_int(env, "GANFORGE_BATCH_MAX", cls.batch_max, 1),
             max_concurrency=_int(env, "GANFORGE_MAX_CONCURRENCY", cls.max_concurrency, 1),
             timeout_s=_float(env, "GANFORGE_TIMEOUT_S", cls.timeout_s, 1.0),
