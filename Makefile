@@ -18,7 +18,7 @@ help:
 	@echo "make build    bentoml build (the Bento: service + models, no torch)"
 	@echo "make container      the CPU service image (docker or podman); container-gpu: the CUDA 13 one"
 	@echo "make container-test build the CPU image, run it, call every endpoint, stop and remove it"
-	@echo "make bench    benchmarks on a quiet machine (~15-20 min on 2 cores) -> bench/results/"
+	@echo "make bench    benchmarks on a quiet machine (~23 min on 2 cores) -> bench/results/"
 	@echo "make bench-quick  the same path on small inputs (~1-2 min): a check, not a measurement"
 	@echo "make soak     load + fault runs on a real server, loopback only (~3 min) -> soak/results/"
 

@@ -3,10 +3,10 @@
 Three servers run at once on the bench models (tests/service_fixtures.running_server,
 GANFORGE_DEVICE=cpu), each configured one way:
 
-  default      (nothing set)           the shipped settings: GANFORGE_THREADS=4, GANFORGE_BATCH_MAX=16
-                                       (concurrent requests overlap, same-shaped ones batch)
-  serial       GANFORGE_THREADS=1      one request at a time (the default before this bench chose 4)
-  no batching  GANFORGE_BATCH_MAX=1    concurrent requests, each its own graph run
+  default   (nothing set)            the shipped settings: GANFORGE_THREADS=4 (concurrent requests
+                                     overlap), batching auto = off on the CPU provider
+  serial    GANFORGE_THREADS=1       one request at a time (the default before this bench chose 4)
+  batching  GANFORGE_BATCH_MAX=16    concurrent same-shaped requests share graph runs (the CUDA default)
 
 Latency, one client (default server): per workload, in alternating rounds,
   session   the bare `InferenceSession.run` on the graph input the pipeline would build
@@ -43,7 +43,7 @@ from .models import BenchModels
 SERVERS = {
     "default": {},
     "serial": {"GANFORGE_THREADS": "1"},
-    "no batching": {"GANFORGE_BATCH_MAX": "1"},
+    "batching": {"GANFORGE_BATCH_MAX": "16"},
 }
 COMMON_ENV = {"GANFORGE_DEVICE": "cpu"}
 CONCURRENCY = (1, 4, 16)
@@ -301,9 +301,9 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
         for w in loads:
             if w.throughput:
                 log(f"  throughput at {', '.join(map(str, CONCURRENCY))} clients: {w.name} ...")
-                before = batching_stats(bases["default"]).get(w.model, {}).get(w.role, {})
+                before = batching_stats(bases["batching"]).get(w.model, {}).get(w.role, {})
                 t = throughput(w, registry, bases, profile)
-                after = batching_stats(bases["default"]).get(w.model, {}).get(w.role, {})
+                after = batching_stats(bases["batching"]).get(w.model, {}).get(w.role, {})
                 t["batching_server"] = {k: after.get(k, 0) - before.get(k, 0) for k in ("runs", "requests")}
                 t["batching_server"]["max_rows"] = after.get("max_rows")
                 thr.append(t)
@@ -334,7 +334,7 @@ def report(result: dict[str, Any]) -> str:
                          rows))
         b = t.get("batching_server") or {}
         if b.get("runs"):
-            out.append(f"default server (batching on) over these rounds (warm-up included): {b['requests']} requests in "
+            out.append(f"batching server over these rounds (warm-up included): {b['requests']} requests in "
                        f"{b['runs']} graph runs = {b['requests'] / b['runs']:.2f} requests/run "
                        f"(largest run so far {b['max_rows']} rows)")
     return "\n".join(out)

@@ -15,13 +15,13 @@
 | GANFORGE_ORT_THREADS        | 0                    | onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per physical core). |
 | GANFORGE_WORKERS            | 1                    | BentoML worker processes (each loads every model once). |
 | GANFORGE_THREADS            | 4                    | requests a worker runs at once (BentoML `threads`): decode/encode of one overlaps another's graph run, concurrent same-shaped requests batch, and a long upscale does not hold up small requests. 1 = strictly one at a time (least memory). |
-| GANFORGE_BATCH_MAX          | 16                   | adaptive batching: most rows one graph run may merge from queued same-shaped requests (service/batching.py); 1 = off. Needs GANFORGE_THREADS > 1 to see concurrent requests. |
+| GANFORGE_BATCH_MAX          | 0                    | adaptive batching: most rows one graph run may merge from queued same-shaped requests (service/batching.py); 1 = off. 0 = auto: 16 on the CUDA provider, off on the CPU provider (measured, make bench: on the CPU a merged run is no faster per row for these models and 16 clients got 5-10% fewer requests/s through). Needs GANFORGE_THREADS > 1 to see concurrent requests. |
 | GANFORGE_MAX_CONCURRENCY    | 32                   | /generate, /translate, /upscale requests in flight per worker (uploads included) before 429. |
 | GANFORGE_TIMEOUT_S          | 120                  | per-request timeout (BentoML answers 504). |
 | GANFORGE_LOG_FORMAT         | text                 | text: BentoML's log lines. json: one JSON object per line (service/logs.py); the container image sets json. |
 | GANFORGE_RELOAD_POLL_S      | 0                    | every this many seconds each worker re-scans the models dir and swaps in changed models (0 = off; `POST /admin/reload` reloads on demand). |
 | GANFORGE_READY_REQUIRES_ALL | 0                    | 1: /readyz answers 503 while any model is unavailable. 0: /readyz is 200 once the worker is up; unavailable models are named in /models. |
-| GANFORGE_PRECISION          | fp32                 | which variant of each model's graphs runs on the CPU provider: `fp32`, or `int8` (the card's `variants.int8`, made by `python -m training quantize`); comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, or running on CUDA) serves fp32 and logs why; /models says what runs. |
+| GANFORGE_PRECISION          | fp32                 | which variant of each model's graphs runs: `fp32`; `int8` on the CPU provider (the card's `variants.int8`, made by `python -m training quantize`); `fp16` on the CUDA provider (`variants.fp16`, made by export). Comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, or the other provider) serves fp32 and logs why; /models says what runs. |
 
 Invalid values stop the service at startup with a message naming the variable.
 """
@@ -37,7 +37,7 @@ from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 class SettingsError(ValueError):
@@ -118,7 +118,7 @@ class Settings:
     ort_threads: int = 0
     workers: int = 1
     threads: int = 4  # measured (make bench, serving): > 1 serves 16 clients 1.1-1.2x faster, same 1-client latency
-    batch_max: int = 16
+    batch_max: int = 0  # 0: AUTO_BATCH_MAX on CUDA, off on the CPU provider (service/models.py)
     max_concurrency: int = 32
     timeout_s: float = 120.0
     log_format: str = "text"
@@ -157,7 +157,7 @@ class Settings:
             ort_threads=_int(env, "GANFORGE_ORT_THREADS", 0, 0),
             workers=_int(env, "GANFORGE_WORKERS", 1, 1),
             threads=_int(env, "GANFORGE_THREADS", cls.threads, 1),
-            batch_max=_int(env, "GANFORGE_BATCH_MAX", cls.batch_max, 1),
+            batch_max=_int(env, "GANFORGE_BATCH_MAX", cls.batch_max, 0),
             max_concurrency=_int(env, "GANFORGE_MAX_CONCURRENCY", cls.max_concurrency, 1),
             timeout_s=_float(env, "GANFORGE_TIMEOUT_S", cls.timeout_s, 1.0),
             log_format=log_format,

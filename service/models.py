@@ -525,6 +525,15 @@ class ModelRegistry:
                 "reloads": self.reloads, "models": [m.public() for m in models.values()]}
 
 
+# Which provider each reduced-precision variant is for: int8 QDQ graphs fuse into the CPU provider's
+# VNNI kernels; fp16 graphs (float32 inputs/outputs, fp16 inside) are for the CUDA provider's tensor
+# cores, and on the CPU provider they would only add casts.
+VARIANT_PROVIDER = {"int8": CPU, "fp16": CUDA}
+# GANFORGE_BATCH_MAX=0 (auto): batch up to this many rows on CUDA, where a merged run fills the GPU;
+# on the CPU provider a merged run was no faster per row (make bench, serving), so auto is off there.
+AUTO_BATCH_MAX = 16
+
+
 def variant_files(card: dict, roles: dict[str, str], wanted: str,
                   providers: list) -> tuple[dict[str, tuple[str, str]], str | None]:
     """role -> (file, sha256) of the `wanted` precision's files; fp32's and the reason when it cannot be used."""
@@ -532,12 +541,14 @@ def variant_files(card: dict, roles: dict[str, str], wanted: str,
     if wanted == "fp32":
         return fp32, None
     first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-    if first != CPU:
-        return fp32, f"{wanted} is a variant for the CPU provider; on {first} the fp32 graphs run"
+    runs_on = VARIANT_PROVIDER[wanted]
+    if first != runs_on:
+        return fp32, f"{wanted} is a variant for {runs_on}; on {first} the fp32 graphs run"
     entry = (card.get("variants") or {}).get(wanted)
     files = entry.get("files") if isinstance(entry, dict) else None
     if not isinstance(files, dict) or set(files) != set(roles):
-        return fp32, f"the card has no {wanted} variant for every role (python -m training quantize makes one)"
+        maker = "python -m training quantize" if wanted == "int8" else "python -m training export (--fp16)"
+        return fp32, f"the card has no {wanted} variant for every role ({maker} makes one)"
     try:
         paths = file_roles({"files": files})
     except CardError as exc:
@@ -633,8 +644,9 @@ def _load_model(folder: Path, settings: Settings, providers: list, wanted: str) 
         model.reason = f"GANFORGE_DEVICE=cuda but onnxruntime placed it on {model.provider}"
         model.sessions.clear()
         return model
-    if settings.batch_max > 1:
-        model.runners = {role: SessionBatcher(session.run, settings.batch_max, f"{model.name}-{role}")
+    batch_max = settings.batch_max or (AUTO_BATCH_MAX if model.provider == CUDA else 1)
+    if batch_max > 1:
+        model.runners = {role: SessionBatcher(session.run, batch_max, f"{model.name}-{role}")
                          for role, session in model.sessions.items()}
     model.status = "ready"
     return model

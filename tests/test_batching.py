@@ -116,3 +116,21 @@ def test_concurrent_http_requests_batch_and_stay_correct(tmp_path):
     # every call went through the batcher; whether concurrent calls overlap enough to share a run depends on
     # the machine's speed (the tiny fixture graph runs in microseconds), so merging itself is proven above
     assert stats["requests"] == 32 and 1 <= stats["runs"] <= 32 and stats["max_rows"] >= 1, stats
+
+
+def test_batching_auto_is_off_on_the_cpu_and_on_when_asked(tmp_path):
+    """GANFORGE_BATCH_MAX unset (auto): no batcher on the CPU provider (measured slower there, make bench);
+    an explicit value turns it on; 1 turns it off."""
+    from service.config import Settings
+    from service.models import ModelRegistry
+
+    models = tmp_path / "models"
+    write_fixture_models(models)
+    for env, want in (({}, None), ({"GANFORGE_BATCH_MAX": "16"}, 16), ({"GANFORGE_BATCH_MAX": "1"}, None)):
+        settings = Settings.from_env({"GANFORGE_MODELS_DIR": str(models), "GANFORGE_DEVICE": "cpu", **env})
+        registry = ModelRegistry.load(settings)
+        for model in registry.models.values():
+            assert model.ready
+            got = {r.max_batch for r in model.runners.values()} or {None}
+            assert got == {want}, (env, model.name, got)
+            model.close()

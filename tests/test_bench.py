@@ -72,7 +72,7 @@ def test_tuning_rows(smoke):
 
 def test_serving_figures(smoke):
     serving = smoke[0]["sections"]["serving"]
-    assert set(serving["servers"]) == {"default", "serial", "no batching"}
+    assert set(serving["servers"]) == {"default", "serial", "batching"}
     assert {r["workload"].split(" (")[0] for r in serving["latency"]} >= {"generate n=1", "translate 28x28"}
     for r in serving["latency"]:
         for who in ("session", "pipeline", "http"):
@@ -83,7 +83,7 @@ def test_serving_figures(smoke):
     for t in serving["throughput"]:
         assert t["bare_batch1_rps"] > 0 and t["bare_batch16_rows_per_s"] > 0
         assert {(r["server"], r["clients"]) for r in t["rows"]} == {
-            (s, c) for s in ("default", "serial", "no batching") for c in (1, 4, 16)}
+            (s, c) for s in ("default", "serial", "batching") for c in (1, 4, 16)}
         for r in t["rows"]:
             assert r["rps"] > 0 and r["over_bare_batch1"] > 0 and not r["errors"]
         assert t["batching_server"]["requests"] >= t["batching_server"]["runs"] > 0

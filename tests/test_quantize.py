@@ -207,6 +207,32 @@ def test_precision_setting_parses_defaults_and_per_model_entries():
             Settings.from_env({"GANFORGE_PRECISION": bad})
 
 
+def test_each_variant_runs_only_on_its_provider():
+    """int8 is for the CPU provider, fp16 for CUDA: the other provider (or a card without the variant) gets
+    the fp32 files and a note saying why. Pure file choice: no session, so the CUDA case is testable here."""
+    from service.models import CPU, CUDA, variant_files
+
+    import hashlib
+    sha = lambda path: hashlib.sha256(path.encode()).hexdigest()  # noqa: E731
+    entry = lambda path: {"path": path, "sha256": sha(path), "bytes": 1}  # noqa: E731
+    card = {"files": {"generator": entry("generator.onnx")},
+            "variants": {"fp16": {"produced": "export", "files": {"generator": entry("generator.fp16.onnx")}},
+                         "int8": {"produced": "quantize", "files": {"generator": entry("generator.int8.onnx")}}}}
+    roles = {"generator": "generator.onnx"}
+    cuda, cpu = [(CUDA, {"device_id": "0"}), CPU], [CPU]
+    assert variant_files(card, roles, "fp16", cuda) == ({"generator": ("generator.fp16.onnx", sha("generator.fp16.onnx"))}, None)
+    assert variant_files(card, roles, "int8", cpu) == ({"generator": ("generator.int8.onnx", sha("generator.int8.onnx"))}, None)
+    fp32 = {"generator": ("generator.onnx", sha("generator.onnx"))}
+    files, note = variant_files(card, roles, "fp16", cpu)
+    assert files == fp32 and "fp16 is a variant for CUDAExecutionProvider" in note
+    files, note = variant_files(card, roles, "int8", cuda)
+    assert files == fp32 and "int8 is a variant for CPUExecutionProvider" in note
+    del card["variants"]["fp16"]
+    files, note = variant_files(card, roles, "fp16", cuda)
+    assert files == fp32 and "no fp16 variant" in note and "export" in note
+    assert Settings.from_env({"GANFORGE_PRECISION": "fp16,srresnet-x4:int8"}).precision_for("fashion") == "fp16"
+
+
 @pytest.fixture()
 def served(tmp_path) -> Path:
     """The service's fixture models, srresnet-x4 with an int8 variant (synthetic calibration: no dataset)."""
