@@ -530,7 +530,8 @@ class ModelRegistry:
 # cores, and on the CPU provider they would only add casts.
 VARIANT_PROVIDER = {"int8": CPU, "fp16": CUDA}
 # GANFORGE_BATCH_MAX=0 (auto): batch up to this many rows on CUDA, where a merged run fills the GPU;
-# on the CPU provider a merged run was no faster per row (make bench, serving), so auto is off there.
+# on the CPU provider a merged run was no faster per row and served 16 clients 0-10% slower (make bench,
+# serving), so auto is off there.
 AUTO_BATCH_MAX = 16
 
 
