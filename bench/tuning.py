@@ -108,8 +108,6 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
                          "service_over": {v: ratio(ms["service"], m) for v, m in ms.items() if v != "service"},
                          "best": best, "max_abs_diff_vs_service": worst,
                          "rounds": len(samples["service"]), "samples_s": samples})
-            for s in sessions.values():
-                del s
     return {"variants": list(VARIANTS), "rows": rows}
 
 

@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from .export import (ExportError, _card_files, _Published, _umask, card_json, check_name, content_version, file_entry,
-                     fsync_dir, install, model_lock, parity_sizes, utc_now, verify_model_dir, write_bytes_durably)
+from .export import (ExportError, _card_files, _Published, _umask, card_json, check_name, content_version,
+                     cpu_session, file_entry, fsync_dir, install, model_lock, parity_sizes, utc_now, verify_model_dir,
+                     write_bytes_durably)
 
 TOLERANCE = 1e-4  # fp32 reassociation only (measured 5e-7); anything larger is a wrong rewrite
 
@@ -51,7 +52,8 @@ def _rewrites():
 
 
 def optimize_graph(path: Path) -> dict[str, int]:
-    """Apply every rewrite to the ONNX file at `path` in place; returns {rewrite: nodes replaced} (rewritten only)."""
+    """Apply every rewrite to the ONNX file at `path` in place; returns {rewrite: nodes replaced} (rewritten only).
+    The caller checks the result (export: check_graph + torch parity; optimize_model: verify_model_dir deep)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -62,16 +64,11 @@ def optimize_graph(path: Path) -> dict[str, int]:
         keep = [init for init in model.graph.initializer if init.name in used]  # e.g. the Resize's scales
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
-        onnx.checker.check_model(model, full_check=True)
-        data = model.SerializeToString()
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_bytes_durably(path, model.SerializeToString())
     return counts
 
 
-def _feeds(card: dict[str, Any], session) -> list[dict[str, np.ndarray]]:
+def _feeds(card: dict[str, Any]) -> list[dict[str, np.ndarray]]:
     """Random inputs for an image graph at the card's parity sizes (the graphs these rewrites touch)."""
     rng = np.random.default_rng(0)
     spec = card.get("input") or {}
@@ -79,23 +76,19 @@ def _feeds(card: dict[str, Any], session) -> list[dict[str, np.ndarray]]:
     out = []
     for h, w in parity_sizes(spec):
         feeds = {}
-        for i in session.get_inputs():
-            c = i.shape[1] if isinstance(i.shape[1], int) else int(spec.get("channels", 3))
-            feeds[i.name] = rng.uniform(lo, hi, (1, c, h, w)).astype(np.float32)
+        for i in card["graph"]["inputs"]:
+            c = i["shape"][1] if isinstance(i["shape"][1], int) else int(spec.get("channels", 3))
+            feeds[i["name"]] = rng.uniform(lo, hi, (1, c, h, w)).astype(np.float32)
         out.append(feeds)
     return out
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def optimize_model(name: str, models: str | Path = "models", dry_run: bool = False, log=print) -> dict[str, Any]:
     """Rewrite models/NAME's fp32 graphs, check and publish; returns {role: counts} (empty: nothing to do)."""
+    from .quantize import max_abs_diff
+
     models = Path(models)
     folder = models / check_name(name)
-    verify_model_dir(folder)
     with model_lock(models, name):
         card = verify_model_dir(folder)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models))  # dot: never served
@@ -110,10 +103,8 @@ def optimize_model(name: str, models: str | Path = "models", dry_run: bool = Fal
                 counts = optimize_graph(staging / entry["path"])
                 if not counts:
                     continue
-                before, after = _session(folder / entry["path"]), _session(staging / entry["path"])
-                for feeds in _feeds(card, before):
-                    a, b = before.run(None, feeds)[0], after.run(None, feeds)[0]
-                    worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
+                before, after = folder / entry["path"], staging / entry["path"]
+                worst = max(worst, max_abs_diff(cpu_session(before), cpu_session(after), _feeds(card)))
                 done[role] = counts
             if not done:
                 log(f"{folder}: nothing to rewrite (already optimized, or no graph these rewrites apply to)")
