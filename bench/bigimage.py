@@ -2,7 +2,7 @@
 
 Each configuration runs in a fresh subprocess (`python -m bench.bigimage
 --worker SPEC`) that loads the one model with the service's loader
-(`service.models.load_model`, CPU, GANFORGE_TILE overridden through
+(`service.loading.load_model`, CPU, GANFORGE_TILE overridden through
 `Settings.tile`), builds the input pixels, resets the kernel's peak-RSS mark
 (/proc/self/clear_refs) and calls `service.inference.upscale_image` or
 `translate_image` once: no decode or encode, the model and tiling alone.
@@ -61,7 +61,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from service import inference
     from service.config import Settings
     from service.imaging import DecodedImage
-    from service.models import CPU, load_model
+    from service.loading import load_model
+    from service.runtime import CPU
     from service.tiling import tile_starts
 
     settings = dataclasses.replace(Settings.from_env(), device="cpu", tile=int(spec["tile"]), batch_max=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +36,7 @@ def timed_server(models_dir: Path, tmp: Path, **env_overrides: str):
     """`bentoml serve` on a free port; yields (base_url, seconds from spawn to /readyz 200)."""
     import httpx
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from service_fixtures import BENTOML, free_port, stop_process_group
+    from service.launcher import BENTOML, free_port, stop_process_group
 
     port = free_port()
     env = {**os.environ, "GANFORGE_MODELS_DIR": str(models_dir), "BENTOML_HOME": str(tmp / f"home-{port}"),

@@ -87,7 +87,9 @@ def _cache_key(name: str, overrides: list[str], exporter: str) -> str:
     h = hashlib.sha256()
     h.update((CONFIGS / f"{name}.yaml").read_bytes())
     h.update(json.dumps([overrides, exporter, torch.__version__]).encode())
-    for src in sorted((REPO / "training" / "networks").glob("*.py")) + [REPO / "training" / "export.py"]:
+    exporter_sources = sorted((REPO / "training" / "export").glob("*.py")) + [REPO / "training" / "optimize.py",
+                                                                           REPO / "training" / "rewrites.py"]
+    for src in sorted((REPO / "training" / "networks").glob("*.py")) + exporter_sources:
         h.update(src.read_bytes())
     return h.hexdigest()[:16]
 
@@ -162,8 +164,8 @@ def prepare(work: Path, models_src: Path | None = REPO / "models", tiny: bool = 
 
 def torch_generators(model: BenchModel) -> dict[str, Any]:
     """role -> the torch network (eval mode) behind the ONNX file, from the card's run config."""
+    from contract.folder import sha256_file
     from training import checkpoint as ckpt
-    from training.export import sha256_file
     from training.recipes.base import Recipe
 
     training = model.card.get("training") or {}

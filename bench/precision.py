@@ -40,6 +40,8 @@ def _key(model: BenchModel, quick: bool) -> str:
 
 def int8_variant(model: BenchModel, profile: Profile, log) -> tuple[dict[str, Path], dict[str, Any]]:
     """role -> int8 file, and what it is (the card's, or built here)."""
+    from contract import Card
+    from contract.typed import to_plain
     from training import quantize as tq
 
     variant = (model.card.get("variants") or {}).get("int8")
@@ -54,13 +56,15 @@ def int8_variant(model: BenchModel, profile: Profile, log) -> tuple[dict[str, Pa
         sizes = dict(calibration=4, heldout=2, size=32) if profile.quick else dict(calibration=32, heldout=8, size=64)
         log(f"  {model.name}: quantizing (no variants.int8 in its card) ...")
         quiet = lambda *a: None  # noqa: E731
+        card = Card.from_dict(model.card)
         try:
-            variant = tq.build_variant(model.folder, model.card, folder, per_channel=True, min_psnr=tq.DEFAULT_MIN_PSNR,
-                                       data_root=None, rounds=1, log=quiet, **sizes)
+            variant = to_plain(tq.build_variant(model.folder, card, folder, per_channel=True,
+                                                min_psnr=tq.DEFAULT_MIN_PSNR, data_root=None, rounds=1, log=quiet,
+                                                **sizes))
             variant["gate_ok"] = True
         except tq.QuantizeError:
-            variant = tq.build_variant(model.folder, model.card, folder, per_channel=True, min_psnr=0.0,
-                                       data_root=None, rounds=1, log=quiet, **sizes)
+            variant = to_plain(tq.build_variant(model.folder, card, folder, per_channel=True, min_psnr=0.0,
+                                                data_root=None, rounds=1, log=quiet, **sizes))
             variant["gate_ok"] = False
         meta_path.write_text(json.dumps(variant, default=str))
     variant = json.loads(meta_path.read_text())
@@ -85,17 +89,17 @@ def photo_feeds(model: BenchModel, case: Case) -> dict[str, np.ndarray]:
 
 
 def psnr_vs(fp32_out: np.ndarray, int8_out: np.ndarray, out_range) -> float:
-    from training.quantize import psnr_db
+    from training.metrics import psnr
     lo, hi = sorted(float(v) for v in out_range)
     a, b = np.clip(fp32_out.astype(np.float64), lo, hi), np.clip(int8_out.astype(np.float64), lo, hi)
-    return psnr_db(float(np.mean((a - b) ** 2)), hi - lo)
+    return psnr(a, b, hi - lo)
 
 
 def session(path: Path):
     import onnxruntime as ort
 
     from service.config import Settings
-    from service.models import session_options
+    from service.runtime import session_options
     return ort.InferenceSession(path.read_bytes(), session_options(Settings.from_env()),
                                 providers=["CPUExecutionProvider"])
 

@@ -1,6 +1,6 @@
 """Serving overhead: a real `bentoml serve` against the bare onnxruntime session, side by side.
 
-Three servers run at once on the bench models (tests/service_fixtures.running_server,
+Three servers run at once on the bench models (service/launcher.running_server,
 GANFORGE_DEVICE=cpu), each configured one way:
 
   default   (nothing set)            the shipped settings: GANFORGE_THREADS=4 (concurrent requests
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .common import REPO, SETTLE_S, Profile, fmt_ms, fmt_x, interleaved, photo_like, png_bytes, ratio, stats, table
+from .common import SETTLE_S, Profile, fmt_ms, fmt_x, interleaved, photo_like, png_bytes, ratio, stats, table
 from .models import BenchModels
 
 SERVERS = {
@@ -70,10 +69,11 @@ class Workload:
 
 def _image_feeds(card: dict, pixels: np.ndarray) -> Callable[[int], dict[str, np.ndarray]]:
     """The graph input the pipeline builds from these pixels (channels, range, native size, padding)."""
+    from contract import Card
     from service import imaging
-    from service.models import parse_image_spec
+    from service.loading import image_spec
 
-    spec = parse_image_spec(card, 0, -1)
+    spec = image_spec(Card.from_dict(card), 0, -1)
     px = imaging.to_channels(pixels, spec.in_channels)
     if spec.native_size is not None:
         px = imaging.resize(px, spec.native_size[1], spec.native_size[0])
@@ -277,11 +277,9 @@ def start_all(stack: contextlib.ExitStack, servers: dict[str, Any]) -> dict[str,
 
 
 def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from service_fixtures import running_server
-
     from service.config import Settings
-    from service.models import ModelRegistry
+    from service.launcher import running_server
+    from service.registry import ModelRegistry
 
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-serving-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)

@@ -158,8 +158,10 @@ def choose_base(engine: str, base_image: str | None) -> str | None:
 
 
 def stage_context(ctx: Path, variant: str, models: Path, base: str | None) -> Path:
-    """A build context holding what the Bento packs: service/, models/, the bentofile and its setup script."""
-    shutil.copytree(REPO / "service", ctx / "service", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    """A build context holding what the Bento packs: service/, contract/, models/, the bentofile and its setup
+    script."""
+    for package in ("service", "contract"):
+        shutil.copytree(REPO / package, ctx / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (ctx / "models").mkdir()
     if models.is_dir():
         for folder in sorted(models.iterdir()):

@@ -118,7 +118,7 @@ class Settings:
     ort_threads: int = 0
     workers: int = 1
     threads: int = 4  # measured (make bench, serving): > 1 serves 16 clients 1.1-1.2x faster, same 1-client latency
-    batch_max: int = 0  # 0: AUTO_BATCH_MAX on CUDA, off on the CPU provider (service/models.py)
+    batch_max: int = 0  # 0: AUTO_BATCH_MAX on CUDA, off on the CPU provider (service/loading.py)
     max_concurrency: int = 32
     timeout_s: float = 120.0
     log_format: str = "text"

@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from contract import DIRECTION_ROLES
+
 from . import imaging, inference
 from .config import Settings
 from .errors import bad_request, shown, unprocessable
-from .models import DIRECTIONS, ModelRegistry, ServedModel
+from .loading import ServedModel
+from .registry import ModelRegistry
 
-DEFAULT_UPSCALE_MODEL = "srresnet-x4"
 MAX_SEED = 2**63 - 1
 
 
@@ -180,7 +182,7 @@ def translate(
     fmt, quality = imaging.parse_format(format, quality)
     if direction is None or direction == "":
         direction = "a2b"
-    if direction not in DIRECTIONS:
+    if direction not in DIRECTION_ROLES:
         raise unprocessable(f"direction must be a2b or b2a, got {shown(direction)}")
     if served.directions:
         role = direction
@@ -205,7 +207,7 @@ def upscale(
     format: str | None = None,
     quality: int | None = None,
 ) -> ImageResult:
-    served = registry.pick("upscale", model, default=DEFAULT_UPSCALE_MODEL)
+    served = registry.pick("upscale", model)
     native = served.image_spec.scale
     fmt, quality = imaging.parse_format(format, quality)
     if scale is None:

@@ -14,7 +14,7 @@ from PIL import Image
 from . import imaging
 from .errors import ApiError
 from .imaging import DecodedImage
-from .models import ImageSpec, ServedModel
+from .loading import ImageSpec, ServedModel
 from .tiling import tile_and_blend
 
 logger = logging.getLogger("bentoml.ganforge")

@@ -40,7 +40,7 @@ from .errors import ApiError
 from .handlers import Interpolation
 from .logs import use_log_format
 from .middleware import GanforgeMiddleware
-from .models import ModelRegistry
+from .registry import ModelRegistry
 
 logger = logging.getLogger("bentoml.ganforge")
 

@@ -122,7 +122,7 @@ def test_batching_auto_is_off_on_the_cpu_and_on_when_asked(tmp_path):
     """GANFORGE_BATCH_MAX unset (auto): no batcher on the CPU provider (measured slower there, make bench);
     an explicit value turns it on; 1 turns it off."""
     from service.config import Settings
-    from service.models import ModelRegistry
+    from service.registry import ModelRegistry
 
     models = tmp_path / "models"
     write_fixture_models(models)

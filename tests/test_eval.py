@@ -1,8 +1,12 @@
-"""Held-out evaluation through onnxruntime: metric definitions, tiling, the classifier, every family's figures."""
+"""Held-out evaluation through the service's pipeline: metric definitions, tiling, the classifier, every family's
+figures, and an evaluated image equal to what the service answers."""
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +14,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from contract import Tiling
+from contract.folder import read_card, verify_model_dir, write_card
+from service import imaging, inference
+from service.loading import ImageSpec, ServedModel
+from service.runtime import make_session
+from service.tiling import tile_and_blend
 from tiny_configs import export_tiny_models
 from training import checkpoint as ckpt
 from training import evaluate as ev
-from training import export as ex
+from training import metrics as tm
 from training.classifier import ClassifierConfig, ensure_classifier, to_classifier_input
 
 CLASSIFIER_STEPS = 20
@@ -35,11 +45,16 @@ def classifier_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("classifier")
 
 
+def verified(folder: Path, deep: bool = False) -> dict:
+    """The folder's card (checked against its files by the contract) as its JSON document."""
+    return verify_model_dir(folder, deep=deep).to_dict()
+
+
 def evaluate(models: Path, family: str, cache: Path, **kw) -> tuple[dict, dict]:
     folder = models / f"tiny-{family}"
-    before = ex.verify_model_dir(folder)
+    before = verified(folder)
     result = ev.evaluate_model(folder, classifier_cache=cache, classifier_steps=CLASSIFIER_STEPS, log=quiet, **kw)
-    card = ex.verify_model_dir(folder, deep=True)  # sha256s still hold: only card.json changed
+    card = verified(folder, deep=True)  # sha256s still hold: only card.json changed
     assert card["metrics"]["heldout"] == json.loads(json.dumps(result))
     assert card["version"] == before["version"] and card["files"] == before["files"]
     assert card["metrics"]["parity_max_abs"] == before["metrics"]["parity_max_abs"]
@@ -57,28 +72,32 @@ def finite(*values) -> bool:
 def test_metric_definitions():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    assert ev.psnr(img, img) == 100.0
+    assert tm.psnr(img, img) == 100.0
     off = np.clip(img.astype(int) + 1, 0, 255).astype(np.uint8)
     mse = np.mean((off.astype(float) - img) ** 2)
-    assert ev.psnr(off, img) == pytest.approx(10 * math.log10(255 ** 2 / mse))
-    y = ev.rgb_to_y(img)
-    assert ev.ssim(y, y) == pytest.approx(1.0)
-    assert ev.ssim(y, y + rng.normal(0, 20, y.shape)) < 0.9
-    assert ev.rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0)
-    assert ev.rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0)
-    p, s = ev.y_scores(img, img, border=4)
+    assert tm.psnr(off, img) == pytest.approx(10 * math.log10(255 ** 2 / mse))
+    y = tm.rgb_to_y(img)
+    assert tm.ssim(y, y) == pytest.approx(1.0)
+    assert tm.ssim(y, y + rng.normal(0, 20, y.shape)) < 0.9
+    assert tm.rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0)
+    assert tm.rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0)
+    p, s = tm.y_scores(img, img, border=4)
     assert p == 100.0 and s == pytest.approx(1.0)
     grey = np.repeat(rng.integers(0, 256, (20, 20, 1), dtype=np.uint8), 3, 2)
-    assert ev.colourfulness(grey) == 0.0
-    assert ev.colourfulness(img) > 50
+    assert tm.colourfulness(grey) == 0.0
+    assert tm.colourfulness(img) > 50
     f = rng.normal(size=(500, 6))
-    assert abs(ev.frechet_distance(f, f)) < 1e-8
+    assert abs(tm.frechet_distance(f, f)) < 1e-8
     shift = np.arange(6, dtype=float)
-    assert ev.frechet_distance(f, f + shift) == pytest.approx(float((shift ** 2).sum()), rel=1e-6)
-    assert ev.frechet_distance(f, 3 * f) > 10
-    px = rng.integers(0, 256, (2, 3, 5, 5), dtype=np.uint8)
-    assert np.array_equal(ev.to_pixels(ev.to_graph(px, [-1.0, 1.0]), [-1.0, 1.0]), px)
-    assert np.array_equal(ev.to_pixels(ev.to_graph(px, [0.0, 1.0]), [0.0, 1.0]), px)
+    assert tm.frechet_distance(f, f + shift) == pytest.approx(float((shift ** 2).sum()), rel=1e-6)
+    assert tm.frechet_distance(f, 3 * f) > 10
+    assert tm.psnr_from_mse(0.0, 2.0) == tm.PSNR_CAP == 100.0
+    assert tm.psnr_from_mse(1e-30) == tm.PSNR_CAP
+    assert tm.psnr_from_mse(mse) == pytest.approx(10 * math.log10(255 ** 2 / mse))
+    px = rng.integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)  # the service's pixels <-> graph values
+    for p in px:
+        assert np.array_equal(imaging.to_pixels(imaging.to_float(p, (-1.0, 1.0)), (-1.0, 1.0)), p)
+        assert np.array_equal(imaging.to_pixels(imaging.to_float(p, (0.0, 1.0)), (0.0, 1.0)), p)
 
 
 def test_classifier_input_handles_sizes():
@@ -103,16 +122,18 @@ def nearest_x2(path: Path) -> Path:
 
 
 def test_tiled_run_matches_whole_image(tmp_path):
-    sess = ev.session(nearest_x2(tmp_path / "x2.onnx"))
-    card = {"input": {"multiple_of": 1, "min_size": 1}, "output": {"channels": 3, "scale": 2},
-            "tiling": {"tile": 16, "overlap": 4}}
+    """The service's tiler (the one eval runs through): tiled output equals the whole-image output."""
+    sess = make_session(nearest_x2(tmp_path / "x2.onnx"))
+    spec = ImageSpec(input_name="image", output_name="output", in_channels=3, in_range=(-1.0, 1.0), multiple_of=1,
+                     min_size=1, native_size=None, out_channels=3, out_range=(-1.0, 1.0), scale=2, tile=16, overlap=4)
+    served = ServedModel("x2", status="ready", sessions={"generator": sess}, image_spec=spec)
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 45, 37)).astype(np.float32)
     whole = sess.run(["output"], {"image": x})[0]
-    tiled = ev.run_tiled(sess, x, card)
-    assert tiled.shape == whole.shape == (1, 3, 90, 74)
-    assert np.abs(tiled - whole).max() < 1e-6
-    card["input"]["multiple_of"] = 8  # reflect-padded to 48 x 40, cropped back
-    assert ev.run_padded(sess, x, 8, 1, 2).shape == (1, 3, 90, 74)
+    tiled = tile_and_blend(inference.image_runner(served, "generator"), x[0], spec.tile, spec.overlap, spec.scale)
+    assert tiled.shape == whole.shape[1:] == (3, 90, 74)
+    assert np.abs(tiled - whole[0]).max() < 1e-6
+    served.image_spec = dataclasses.replace(spec, multiple_of=8)  # reflect-padded to 48 x 40, cropped back
+    assert inference.image_runner(served, "generator")(x).shape == (1, 3, 90, 74)
 
 
 # ------------------------------------------------------------------ the classifier
@@ -145,6 +166,30 @@ def test_eval_upscale(models, classifier_cache, tmp_path):
     assert "anchors_note" in result and "anchors" not in result
     full, _ = evaluate(models, "srgan", classifier_cache, crop=0, limit=2, anchors_dir=None)
     assert full["images"] == 2 and full["hr_crop"] == "full"
+
+
+def test_eval_upscale_is_what_the_service_answers(models, tmp_path):
+    """The SR image eval scores is, pixel for pixel, what POST /upscale answers for the same LR photo (tiled)."""
+    from PIL import Image
+    from service_fixtures import encode, service_client
+
+    folder = tmp_path / "models" / "tiny-srgan"
+    shutil.copytree(models / "tiny-srgan", folder)
+    card = read_card(folder)
+    card.tiling = Tiling(tile=8, overlap=2)  # smaller than the held-out LR images: both sides tile
+    write_card(folder, card)
+    served = ev.load_served(folder)
+    assert served.image_spec.tile == 8
+    pairs = list(ev.heldout_pairs(ev.data_config(served.card, None), 3, 0, served.image_spec.scale))
+    assert pairs and all(min(lr.shape[:2]) > 8 for _, _, lr in pairs)
+    with service_client(folder.parent, GANFORGE_DEVICE="cpu") as client:
+        for _, hr, lr in pairs:
+            mine = ev.super_resolve(served, lr)
+            resp = client.post("/upscale", files={"image": ("lr.png", encode(Image.fromarray(lr)), "image/png")},
+                               data={"model": "tiny-srgan"})
+            assert resp.status_code == 200, resp.text
+            answer = np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGB"))
+            assert mine.shape == hr.shape and np.array_equal(answer, mine)
 
 
 def test_eval_colorize(models, classifier_cache):
@@ -215,7 +260,7 @@ def test_sample_sheets_and_metrics_table(models, tiny_datasets, classifier_cache
         px = np.asarray(img.convert("L"), np.float64)
         assert img.width > 64 and img.height > 32 and px.std() > 5, name  # drawn, not blank
         assert f"| `{name}` |" in printed
-    cards = {n: ex.verify_model_dir(models / n) for n in names}
+    cards = {n: verified(models / n) for n in names}
     # a row shows the held-out figures the card carries, or says it was not evaluated
     row = sheets.metrics_row(cards["tiny-cyclegan"])
     share = cards["tiny-cyclegan"]["metrics"]["heldout"]["a2b_target_share"]

@@ -10,9 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from contract import folder as cf
+from contract.folder import ModelDirError, sha256_file, verify_model_dir
 from tiny_configs import tiny_raw
 from training import checkpoint as ckpt
 from training import export as ex
+from training.export import build as export_build
 from training.config import load_config
 from training.data import FASHION_MNIST_CLASSES
 from training.recipes.base import Recipe
@@ -71,10 +74,10 @@ def image_cases(family: str) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("family", ["dcgan", "pix2pix", "cyclegan", "srgan"])
 def test_export_parity_and_card(family, published, tiny_ckpts):
     folder = published[family]
-    card = ex.verify_model_dir(folder, deep=True)
+    card = verify_model_dir(folder, deep=True).to_dict()
     for key in CONTRACT_FIELDS:
         assert key in card, key
-    assert card["name"] == folder.name and card["schema"] == 1
+    assert card["name"] == folder.name and card["schema"] == 2
     assert card["endpoint"] == ENDPOINTS[family] and card["family"] == family
     assert len(card["version"].split("-")[0]) == 12 and card["version"].endswith("Z")
     assert card["opset"] >= 17
@@ -176,43 +179,43 @@ def test_pix2pix_batchnorm_is_exported_in_eval_mode(published, tiny_ckpts):
 def test_verify_detects_truncation_changes_and_broken_onnx(published, tmp_path, capsys):
     folder = tmp_path / "models" / "tiny-srgan"
     shutil.copytree(published["srgan"], folder)
-    card = ex.verify_model_dir(folder)
+    card = verify_model_dir(folder).to_dict()
     onnx_file = folder / card["files"]["generator"]["path"]
     good = onnx_file.read_bytes()
 
     onnx_file.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ex.ModelDirError, match=r"truncated: \d+ bytes, the card says \d+"):
-        ex.verify_model_dir(folder)
+    with pytest.raises(ModelDirError, match=r"truncated: \d+ bytes, the card says \d+"):
+        verify_model_dir(folder)
     assert ex.main(["--verify", "tiny-srgan", "--out", str(folder.parent)]) == 2
     assert "truncated" in capsys.readouterr().err
 
     flipped = bytearray(good)
     flipped[len(flipped) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(flipped))
-    with pytest.raises(ex.ModelDirError, match="sha256 mismatch for .*generator.onnx"):
-        ex.verify_model_dir(folder)
+    with pytest.raises(ModelDirError, match="sha256 mismatch for .*generator.onnx"):
+        verify_model_dir(folder)
 
     # garbage whose sha256 the card agrees with: only loading it finds out
     garbage = b"not an onnx model" * 100
     onnx_file.write_bytes(garbage)
-    card["files"]["generator"].update(sha256=ex.sha256_file(onnx_file), bytes=len(garbage))
+    card["files"]["generator"].update(sha256=sha256_file(onnx_file), bytes=len(garbage))
     (folder / "card.json").write_text(json.dumps(card))
-    ex.verify_model_dir(folder)
-    with pytest.raises(ex.ModelDirError, match="not a loadable ONNX model"):
-        ex.verify_model_dir(folder, deep=True)
+    verify_model_dir(folder)
+    with pytest.raises(ModelDirError, match="not a loadable ONNX model"):
+        verify_model_dir(folder, deep=True)
 
     onnx_file.unlink()
-    with pytest.raises(ex.ModelDirError, match="is missing"):
-        ex.verify_model_dir(folder)
+    with pytest.raises(ModelDirError, match="is missing"):
+        verify_model_dir(folder)
     (folder / "card.json").write_text("{not json")
-    with pytest.raises(ex.ModelDirError, match="unreadable"):
-        ex.verify_model_dir(folder)
+    with pytest.raises(ModelDirError, match="unreadable"):
+        verify_model_dir(folder)
 
     fp16 = folder.parent / "fp16-broken"
     shutil.copytree(published["srgan"], fp16)
     (fp16 / "generator.fp16.onnx").write_bytes(b"")
-    with pytest.raises(ex.ModelDirError, match=r"variants\.fp16\.files\.generator"):
-        ex.verify_model_dir(fp16)
+    with pytest.raises(ModelDirError, match=r"variants\.fp16\.files\.generator"):
+        verify_model_dir(fp16)
 
 
 # ------------------------------------------------------------------ refusing, crashing, rolling back
@@ -241,7 +244,7 @@ def test_parity_over_tolerance_refuses_and_keeps_the_old_model(tiny_ckpts, tmp_p
     assert rc == 3
     assert "refusing to publish 'sr'" in err and "exceeds the tolerance 0.0e+00 by" in err
 
-    real_session = ex.cpu_session
+    real_session = export_build.cpu_session
 
     class Perturbed:  # onnxruntime drifting by 1e-3: over the default 1e-4 tolerance
         def __init__(self, path):
@@ -250,10 +253,10 @@ def test_parity_over_tolerance_refuses_and_keeps_the_old_model(tiny_ckpts, tmp_p
         def run(self, names, feeds):
             return [y + 1e-3 for y in self.inner.run(names, feeds)]
 
-    monkeypatch.setattr(ex, "cpu_session", Perturbed)
+    monkeypatch.setattr(export_build, "cpu_session", Perturbed)
     with pytest.raises(ex.ParityError, match=r"max abs error 1\.0\d*e-03 exceeds the tolerance 1\.0e-04 by 9\.\d+e-04"):
         quick_export(tiny_ckpts["dcgan"], out)
-    assert version(first) == v1 and ex.verify_model_dir(first)
+    assert version(first) == v1 and verify_model_dir(first)
     assert not leftovers(out, "sr") and not (out / ".sr.prev").exists()
 
 
@@ -265,15 +268,15 @@ def test_crash_between_write_and_rename_leaves_the_old_model(tiny_ckpts, tmp_pat
     def boom(*args):
         raise OSError("injected crash before the swap")
 
-    monkeypatch.setattr(ex, "_exchange", boom)
-    monkeypatch.setattr(ex, "_rename", boom)
+    monkeypatch.setattr(cf, "exchange", boom)
+    monkeypatch.setattr(cf, "rename", boom)
     with pytest.raises(OSError, match="injected crash"):
         quick_export(tiny_ckpts["dcgan"], out)
-    assert version(first) == v1 and ex.verify_model_dir(first, deep=True)
+    assert version(first) == v1 and verify_model_dir(first, deep=True)
     assert not leftovers(out, "sr") and not (out / ".sr.prev").exists()
 
     # without RENAME_EXCHANGE: NAME -> .prev succeeds, staging -> NAME fails; the old model goes back
-    monkeypatch.setattr(ex, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(cf, "exchange", lambda a, b: False)
     calls = []
 
     def second_fails(src, dst):
@@ -282,11 +285,11 @@ def test_crash_between_write_and_rename_leaves_the_old_model(tiny_ckpts, tmp_pat
             raise OSError("injected crash between the renames")
         Path(src).rename(dst)
 
-    monkeypatch.setattr(ex, "_rename", second_fails)
+    monkeypatch.setattr(cf, "rename", second_fails)
     with pytest.raises(OSError, match="between the renames"):
         quick_export(tiny_ckpts["dcgan"], out)
     assert calls[0] == ("sr", ".sr.prev") and calls[1][1] == "sr"
-    assert version(first) == v1 and ex.verify_model_dir(first)
+    assert version(first) == v1 and verify_model_dir(first)
     assert not leftovers(out, "sr")
 
     # a stale staging folder from a hard crash is cleared by the next export
@@ -299,7 +302,7 @@ def test_crash_between_write_and_rename_leaves_the_old_model(tiny_ckpts, tmp_pat
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_rollback_restores_the_previous_version(tiny_ckpts, tmp_path, monkeypatch, capsys, exchange):
     if not exchange:
-        monkeypatch.setattr(ex, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(cf, "exchange", lambda a, b: False)
     out = tmp_path / "models"
     assert ex.main(["--rollback", "sr", "--out", str(out)]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
@@ -333,7 +336,7 @@ def test_cli_errors_and_dispatch(tiny_ckpts, published, tmp_path, capsys):
     assert "give CHECKPOINT" in capsys.readouterr().err
     assert cli(["export", str(tiny_ckpts["srgan"]), "--name", "sr", "--out", str(out), "--exporter",
                 "torchscript", "--no-fp16", "--description", "from the CLI"]) == 0
-    card = ex.verify_model_dir(out / "sr", deep=True)
+    card = verify_model_dir(out / "sr", deep=True).to_dict()
     assert card["description"] == "from the CLI" and card["exporter"] == "torchscript" and "variants" not in card
     assert card["opset"] == ex.TORCHSCRIPT_OPSET
     # both exporters give the same graph I/O and the same card shapes
@@ -342,9 +345,10 @@ def test_cli_errors_and_dispatch(tiny_ckpts, published, tmp_path, capsys):
 
 
 def test_service_reads_every_exported_card(published):
-    """The other side of the contract: service/models.py loads each folder as ready, sha256 checked."""
+    """The other side of the contract: service/loading.py loads each folder as ready, sha256 checked."""
     from service.config import Settings
-    from service.models import load_model, resolve_providers
+    from service.loading import load_model
+    from service.runtime import resolve_providers
 
     settings = Settings(models_dir=next(iter(published.values())).parent, device="cpu")
     providers = resolve_providers(settings)
@@ -407,10 +411,26 @@ def test_srresnet_with_bicubic_skip_exports_optimized_with_fp16(tiny_datasets, t
     assert cli(["optimize", "plain", "--models", str(models), "--dry-run"]) == 0
     assert json.loads((plain / "card.json").read_text()) == before  # a dry run publishes nothing
     assert opt.optimize_model("plain", models, log=quiet) == {"generator": {"resize_as_conv": 1}}
-    after = ex.verify_model_dir(plain, deep=True)
+    after = verify_model_dir(plain, deep=True).to_dict()
     assert "Resize" not in ops(plain / "generator.onnx")
     assert after["version"] != before["version"] and after["optimized"]["previous_version"] == before["version"]
     assert np.abs(run_graph(plain / "generator.onnx") - want).max() < 1e-5
     assert (models / ".plain.prev" / "generator.onnx").exists()
     assert opt.optimize_model("plain", models, log=quiet) == {}  # already done: nothing published
-    assert ex.verify_model_dir(plain)["version"] == after["version"]
+    assert verify_model_dir(plain).to_dict()["version"] == after["version"]
+
+
+def test_a_card_that_breaks_the_contract_is_refused_naming_the_field(tiny_ckpts, tmp_path, capsys, monkeypatch):
+    """Export builds the card through contract.Card: a field the contract refuses stops the export, with the
+    field's name, and nothing is published (here: a class name that is empty)."""
+    from training.recipes.dcgan import DCGANRecipe
+
+    out = tmp_path / "models"
+    first = quick_export(tiny_ckpts["dcgan"], out).path
+    v1 = version(first)
+    monkeypatch.setattr(DCGANRecipe, "card_fields", lambda self: {"classes": ["shirt", ""] * 5})
+    rc = ex.main([str(tiny_ckpts["dcgan"]), "--name", "sr", "--out", str(out), "--exporter", "torchscript",
+                  "--no-fp16"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "classes[1]" in err, err
+    assert version(first) == v1 and not leftovers(out, "sr") and not (out / ".sr.prev").exists()

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from contract.folder import verify_model_dir
 from service.config import Settings, SettingsError
-from service.models import ModelRegistry
+from service.registry import ModelRegistry
 from service_fixtures import encode, service_client, synthetic_photo, write_fixture_models
 from tiny_configs import export_tiny_models
-from training import export as ex
 from training import quantize as q
 
 # PSNR of int8 against fp32 that the tiny test networks (a few channels, 2 training steps) must reach;
@@ -138,10 +138,11 @@ def measured_psnr(folder: Path, card: dict, role: str, feeds: list[dict]) -> flo
 @pytest.mark.parametrize("family", ["dcgan", "pix2pix", "cyclegan", "srgan"])
 def test_quantize_publishes_a_checked_int8_variant(family, tiny_models):
     folder = tiny_models / f"tiny-{family}"
-    before = ex.verify_model_dir(folder)
+    before = verify_model_dir(folder).to_dict()
     variant = q.quantize_model(folder.name, tiny_models, calibration=8, heldout=4, size=32,
                                min_psnr=TINY_MIN_PSNR, rounds=1, log=quiet)
-    card = ex.verify_model_dir(folder, deep=True)  # every file, int8 included, matches its sha256 and loads
+    checked = verify_model_dir(folder, deep=True)  # every file, int8 included, matches its sha256 and loads
+    card = checked.to_dict()
     assert card["variants"]["int8"] == json.loads(json.dumps(variant))
     assert card["version"] == before["version"] == variant["of_version"] and card["files"] == before["files"]
     assert set(variant["files"]) == set(card["files"])
@@ -153,7 +154,7 @@ def test_quantize_publishes_a_checked_int8_variant(family, tiny_models):
         if family in ("dcgan", "pix2pix"):
             assert roles["convtranspose_as_conv"] > 0  # their decoders, so that they can run int8
         assert roles["rewrite_max_abs"] < 1e-3
-        feeds, _ = q.role_inputs(card, role, "test", 3, 40, None, seed=99, batch=3)
+        feeds, _ = q.role_inputs(checked, role, "test", 3, 40, None, seed=99, batch=3)
         assert measured_psnr(folder, card, role, feeds) >= TINY_MIN_PSNR
     assert variant["psnr_vs_fp32_db_min"] >= TINY_MIN_PSNR and variant["psnr_vs_fp32_db"] >= variant["psnr_vs_fp32_db_min"]
     assert variant["speedup"] > 0 and variant["timing"]["machine"]["logical_cores"] >= 1
@@ -188,7 +189,7 @@ def test_quantize_again_replaces_the_variant(tiny_models, tmp_path):
                              log=quiet)
     second = q.quantize_model("tiny-cyclegan", models, calibration=8, heldout=2, per_channel=False,
                               min_psnr=TINY_MIN_PSNR, rounds=1, log=quiet)
-    card = ex.verify_model_dir(models / "tiny-cyclegan", deep=True)
+    card = verify_model_dir(models / "tiny-cyclegan", deep=True).to_dict()
     assert card["variants"]["int8"]["per_channel"] is False and first["per_channel"] is True
     assert card["variants"]["int8"]["files"] == second["files"]
 
@@ -210,14 +211,18 @@ def test_precision_setting_parses_defaults_and_per_model_entries():
 def test_each_variant_runs_only_on_its_provider():
     """int8 is for the CPU provider, fp16 for CUDA: the other provider (or a card without the variant) gets
     the fp32 files and a note saying why. Pure file choice: no session, so the CUDA case is testable here."""
-    from service.models import CPU, CUDA, variant_files
+    from types import SimpleNamespace
+
+    from contract import FileEntry, Variant
+    from service.loading import variant_files
+    from service.runtime import CPU, CUDA
 
     import hashlib
     sha = lambda path: hashlib.sha256(path.encode()).hexdigest()  # noqa: E731
-    entry = lambda path: {"path": path, "sha256": sha(path), "bytes": 1}  # noqa: E731
-    card = {"files": {"generator": entry("generator.onnx")},
-            "variants": {"fp16": {"produced": "export", "files": {"generator": entry("generator.fp16.onnx")}},
-                         "int8": {"produced": "quantize", "files": {"generator": entry("generator.int8.onnx")}}}}
+    entry = lambda path: FileEntry(path=path, sha256=sha(path), bytes=1)  # noqa: E731
+    card = SimpleNamespace(files={"generator": entry("generator.onnx")},
+                           variants={"fp16": Variant(produced="export", files={"generator": entry("generator.fp16.onnx")}),
+                                     "int8": Variant(produced="quantize", files={"generator": entry("generator.int8.onnx")})})
     roles = {"generator": "generator.onnx"}
     cuda, cpu = [(CUDA, {"device_id": "0"}), CPU], [CPU]
     assert variant_files(card, roles, "fp16", cuda) == ({"generator": ("generator.fp16.onnx", sha("generator.fp16.onnx"))}, None)
@@ -227,7 +232,7 @@ def test_each_variant_runs_only_on_its_provider():
     assert files == fp32 and "fp16 is a variant for CUDAExecutionProvider" in note
     files, note = variant_files(card, roles, "int8", cuda)
     assert files == fp32 and "int8 is a variant for CPUExecutionProvider" in note
-    del card["variants"]["fp16"]
+    del card.variants["fp16"]
     files, note = variant_files(card, roles, "fp16", cuda)
     assert files == fp32 and "no fp16 variant" in note and "export" in note
     assert Settings.from_env({"GANFORGE_PRECISION": "fp16,srresnet-x4:int8"}).precision_for("fashion") == "fp16"

@@ -22,9 +22,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from contract.folder import read_card, write_card_durably
 from service import imaging
 from service.batching import SessionBatcher
-from service_fixtures import (REPO, _card_common, _image_io, _write_onnx, encode, service_client, synthetic_photo,
+from service_fixtures import (REPO, encode, service_client, synthetic_photo, write_onnx,
                               upscale_x4_model, write_fixture_models)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -65,17 +66,16 @@ def publish_upscaler(root: Path, seed: int) -> str:
     staging = root / f".{name}.tmp-test"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    files = {"generator": _write_onnx(staging, "generator.onnx", upscale_x4_model(seed=seed))}
-    card = json.loads((root / name / "card.json").read_text())
-    card.update(_card_common(name, "upscale", "srgan", f"re-export, seed {seed}", files))
-    card["version"] = f"{files['generator']['sha256'][:12]}-seed{seed}"
-    card["graph"] = _image_io(name, 3, 3, ["N", 3, "H*4", "W*4"])
-    (staging / "card.json").write_text(json.dumps(card))
+    files = {"generator": write_onnx(staging, "generator.onnx", upscale_x4_model(seed=seed))}
+    card = read_card(root / name)
+    card.files, card.description = files, f"re-export, seed {seed}"
+    card.version = f"{files['generator'].sha256[:12]}-seed{seed}"
+    write_card_durably(staging, card)
     prev = root / f".{name}.prev"
     shutil.rmtree(prev, ignore_errors=True)
     os.rename(root / name, prev)
     os.rename(staging, root / name)
-    return card["version"]
+    return card.version
 
 
 def reference_upscale(model_path: Path, data: bytes) -> np.ndarray:
@@ -264,9 +264,9 @@ def tiny_checkpoints(tiny_datasets, tmp_path_factory):
 
 
 def _assert_old_model_served(out: Path, name: str, version: str) -> None:
-    from training import export as ex
+    from contract.folder import verify_model_dir
 
-    assert ex.verify_model_dir(out / name, deep=True)["version"] == version
+    assert verify_model_dir(out / name, deep=True).version == version
     assert not list(out.glob(f".{name}.tmp-*")), "staging left behind"
     with service_client(out) as c:
         entry = {m["name"]: m for m in c.get("/models").json()["models"]}[name]
@@ -278,10 +278,11 @@ def _assert_old_model_served(out: Path, name: str, version: str) -> None:
 def test_disk_full_during_export_keeps_the_old_model(tiny_checkpoints, tmp_path, monkeypatch):
     """ENOSPC half-way through writing the new graph: the export fails, the old model stays intact and served."""
     from training import export as ex
+    from training.export import build as export_build
 
     out = tmp_path / "models"
     first = ex.export_checkpoint(tiny_checkpoints[0], "gen", out, fp16=False, log=lambda *a: None)
-    real_export = ex.export_graph
+    real_export = export_build.export_graph
 
     def disk_full(spec, path, *args, **kwargs):
         used = real_export(spec, path, *args, **kwargs)
@@ -289,11 +290,11 @@ def test_disk_full_during_export_keeps_the_old_model(tiny_checkpoints, tmp_path,
         Path(path).write_bytes(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(ex, "export_graph", disk_full)
+    monkeypatch.setattr(export_build, "export_graph", disk_full)
     with pytest.raises(OSError) as info:
         ex.export_checkpoint(tiny_checkpoints[-1], "gen", out, fp16=False, log=lambda *a: None)
     assert info.value.errno == errno.ENOSPC
-    _assert_old_model_served(out, "gen", first.card["version"])
+    _assert_old_model_served(out, "gen", first.card.version)
 
 
 def _try_mount_tmpfs(path: Path, size: str) -> bool:
@@ -325,7 +326,7 @@ def test_disk_full_on_a_real_small_filesystem(tiny_checkpoints, tmp_path):
         assert "No space left" in str(info.value) or getattr(info.value, "errno", None) == errno.ENOSPC \
             or "space" in repr(info.value).lower(), repr(info.value)
         filler.unlink()
-        _assert_old_model_served(out, "gen", first.card["version"])
+        _assert_old_model_served(out, "gen", first.card.version)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 

@@ -16,7 +16,8 @@ from PIL import Image, ImageFile
 from service import imaging
 from service.config import Settings, SettingsError
 from service.errors import ApiError
-from service.models import ModelRegistry, load_model
+from service.loading import load_model
+from service.registry import ModelRegistry
 from service.tiling import tile_and_blend, tile_starts
 from service_fixtures import animated_gif, encode, png_claiming_size, synthetic_photo, write_fixture_models
 
@@ -358,7 +359,7 @@ def test_bad_models_are_unavailable_with_reasons(svc_unit_models, tmp_path):
     assert "card.json is missing" in reg.get("empty-model").reason
     assert reg.get("fashion-dcgan").ready and reg.get("shoe2boot").ready
     with pytest.raises(ApiError) as info:
-        reg.pick("upscale", None, default="srresnet-x4")
+        reg.pick("upscale", None)
     assert info.value.status == 503
     for name in ("../srresnet-x4", "srresnet-x4/../x", "/etc/passwd", ".shoe2boot.prev", "Bad_Name"):
         with pytest.raises(ApiError) as info:

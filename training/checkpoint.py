@@ -7,13 +7,13 @@ architecture), step, and the state of every network, optimizer and scheduler.
 """
 from __future__ import annotations
 
-import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from contract.folder import atomic_write  # the project's one durable write
 
 FORMAT = "ganforge-checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -21,34 +21,6 @@ _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temp file beside `path`, fsync it, rename it into place, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp (always 0600): created as open() would, 0666 & ~umask, so that a card or model written
-    # here stays readable by the service's own (non-root) user
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:

@@ -87,8 +87,8 @@ def _sha256_files(paths: list[Path]) -> str:
 
 
 def _train_files(root: Path) -> list[Path]:
-    from .data import _idx_file
-    return [_idx_file(root, "train-images-idx3-ubyte"), _idx_file(root, "train-labels-idx1-ubyte")]
+    from .data import idx_file
+    return [idx_file(root, "train-images-idx3-ubyte"), idx_file(root, "train-labels-idx1-ubyte")]
 
 
 class OnnxClassifier:
@@ -116,7 +116,9 @@ class OnnxClassifier:
 
 
 def _export_onnx(net: FashionClassifier, path: Path) -> None:
-    from .export import quiet_exporter, write_bytes_durably
+    from contract.folder import write_bytes_durably
+
+    from .export.graph import quiet_exporter
     net.eval()
     example = torch.zeros(2, 1, 28, 28)
     tmp = path.with_name(path.name + ".part")
@@ -181,7 +183,7 @@ def ensure_classifier(data_root: str | Path, cache_dir: str | Path = "runs/class
     if ckpt_path.is_file() and onnx_path.is_file():
         try:
             payload = ckpt.load(ckpt_path)
-            from .export import sha256_file
+            from contract.folder import sha256_file
             if payload.get("key") == key and payload.get("onnx_sha256") == sha256_file(onnx_path):
                 return OnnxClassifier(onnx_path, _public(payload, ckpt_path))
             log(f"classifier cache {cache} is for other data or settings: retraining")
@@ -195,7 +197,7 @@ def ensure_classifier(data_root: str | Path, cache_dir: str | Path = "runs/class
     _export_onnx(net, onnx_path)
     onnx_clf = OnnxClassifier(onnx_path)
     from .data import FashionMNIST
-    from .export import sha256_file
+    from contract.folder import sha256_file
     test = FashionMNIST(root, "test", image_size=28)
     accuracy = float((onnx_clf.classify(test.images) == test.labels).mean())
     payload = {"family": "classifier", "key": key, "config": dataclasses.asdict(cfg),

@@ -108,14 +108,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | None = None) -> RunConfig:
     """Read a YAML config (or a dict, e.g. from a checkpoint), apply overrides, type it by family."""
-    from .registry import get_recipe_class
+    from .registry import FAMILIES, get_recipe_class
 
     if raw is None:
         text = Path(path).read_text()
         raw = yaml.safe_load(text) or {}
     raw = apply_overrides(dict(raw), list(overrides))
     if "family" not in raw:
-        raise ValueError(f"{path or 'config'}: missing 'family' (one of dcgan, pix2pix, cyclegan, srgan)")
+        raise ValueError(f"{path or 'config'}: missing 'family' (one of {', '.join(FAMILIES)})")
     recipe_cls = get_recipe_class(raw["family"])
     known = {"family", "name", "seed", "data", "model", "loss", "train"}
     unknown = sorted(set(raw) - known)

@@ -313,7 +313,7 @@ class ColorizationFolder:
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
-def _idx_file(root: Path, stem: str) -> Path:
+def idx_file(root: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (root / name).is_file():
             return root / name
@@ -369,8 +369,8 @@ class FashionMNIST:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root, self.split, self.image_size = Path(root), split, image_size
         prefix = "train" if split == "train" else "t10k"
-        images_path = _idx_file(self.root, f"{prefix}-images-idx3-ubyte")
-        labels_path = _idx_file(self.root, f"{prefix}-labels-idx1-ubyte")
+        images_path = idx_file(self.root, f"{prefix}-images-idx3-ubyte")
+        labels_path = idx_file(self.root, f"{prefix}-labels-idx1-ubyte")
         images = read_idx(images_path, IDX_IMAGES_MAGIC)  # N x 28 x 28
         labels = read_idx(labels_path, IDX_LABELS_MAGIC).astype(np.int64)  # N
         if len(images) != len(labels):

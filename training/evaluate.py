@@ -1,13 +1,18 @@
-"""Held-out evaluation of a published model: its ONNX graph on onnxruntime, never torch.
+"""Held-out evaluation of a published model, through the service's own pipeline (never torch).
 
     python -m training eval NAME [--models models] [--data-root DIR] [--limit N]
 
 Reads OUT/NAME/card.json (the training config in it names the dataset; override
-the root with --data-root), runs the model on the held-out (test) split and
-writes the figures into the card's `metrics.heldout` (card.json is rewritten
-atomically; its sha256s cover the ONNX files only). Every figure is computed
-on 8-bit images, i.e. on what the service would return. Definitions are in
-docs/model-card.md ("Held-out metrics").
+the root with --data-root), loads the folder with the service's loader
+(service/loading.py: sha256-checked bytes, the CPU provider, the fp32 graphs, the
+card's tiling) and sends every held-out image through the service's pipeline
+functions (service/inference.py: `upscale_image`, `translate_image`,
+`generate_images`: the same padding, tiling, blending and pixel mapping as
+/upscale, /translate and /generate). So every figure is computed on the 8-bit
+images a client would get. The figures go into the card's `metrics.heldout`
+(card.json rewritten atomically through `contract.folder`; its sha256s cover the
+ONNX files only). Definitions are in docs/model-card.md ("Held-out metrics") and
+training/metrics.py.
 
 - upscale (srgan): PSNR / SSIM on the Y channel (ITU-R BT.601, MATLAB
   rgb2ycbcr), border of `scale` px cropped, vs PIL bicubic; FSRCNN / ESPCN /
@@ -19,186 +24,101 @@ docs/model-card.md ("Held-out metrics").
 - generate (dcgan): share of samples classified as the requested class; a
   Frechet distance on the classifier's penultimate features vs the held-out
   split, next to the same distance for real training images (the floor).
+
+Which evaluation a model gets comes from training/registry.py (its family's
+`evaluate` entry); a family the registry does not know (an imported model) gets
+the evaluation of a known family with the same endpoint and graph roles.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .export import ExportError, ModelDirError, model_lock, verify_model_dir, write_card
+from contract import Card, CardError
+from contract.folder import ModelDirError, model_lock, verify_model_dir, write_card
+from service import inference
+from service.config import Settings
+from service.imaging import DecodedImage
+from service.loading import ServedModel, load_model
+from service.runtime import CPU
+
+from .metrics import colourfulness, frechet_distance, psnr_from_mse, y_scores
+from .registry import FAMILIES, Family, get_family
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ANCHORS = REPO_ROOT.parent / "shared" / "anchors" / "sr"
 ANCHORS = (("fsrcnn", "FSRCNN"), ("espcn", "ESPCN"), ("lapsrn", "LapSRN"))
-PROVIDER = "CPUExecutionProvider"
+PROVIDER = CPU
+# The service as GANFORGE_DEVICE=cpu with nothing else set, and no environment read: the fp32 graphs,
+# the card's tile and overlap, no batching (one request at a time).
+SERVICE_SETTINGS = Settings(device="cpu", precision="fp32", tile=0, tile_overlap=-1, batch_max=1)
+GENERATE_BATCH = 256
 
 
 class EvalError(RuntimeError):
     pass
 
 
-# ------------------------------------------------------------------ pixels <-> graph values
+# ------------------------------------------------------------------ the service's pipeline
 
-def to_graph(pixels: np.ndarray, value_range) -> np.ndarray:
-    """uint8 N x C x H x W -> float32 graph input: lo + p / 255 * (hi - lo)."""
-    lo, hi = value_range
-    return (lo + pixels.astype(np.float32) / 255.0 * (hi - lo)).astype(np.float32)
-
-
-def to_pixels(values: np.ndarray, value_range) -> np.ndarray:
-    """Graph output -> uint8: round((y - lo) / (hi - lo) * 255), clipped (the service's mapping)."""
-    lo, hi = value_range
-    return np.clip(np.rint((values - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+def load_served(model_dir: str | Path) -> ServedModel:
+    """The published folder as the service loads it (CPU provider, fp32, the card's tiling); EvalError if it cannot."""
+    served = load_model(Path(model_dir), SERVICE_SETTINGS, [PROVIDER])
+    if not served.ready:
+        raise EvalError(f"the service cannot load {model_dir}: {served.reason}")
+    return served
 
 
-def hwc_to_nchw(images: list[np.ndarray]) -> np.ndarray:
-    arr = np.stack([im if im.ndim == 3 else im[:, :, None] for im in images])
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+def super_resolve(served: ServedModel, lr: np.ndarray) -> np.ndarray:
+    """uint8 H x W x C -> what /upscale answers at the model's native scale (uint8 H*s x W*s x C')."""
+    return inference.upscale_image(served, DecodedImage(lr, None), served.image_spec.scale)[0]
 
 
-def tensor_pixels(t) -> np.ndarray:
-    """A reader's C x H x W tensor in [-1, 1] back to its uint8 pixels."""
-    return np.clip(np.rint((t.numpy() + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def translate(served: ServedModel, role: str, pixels: np.ndarray) -> np.ndarray:
+    """uint8 H x W x C -> what /translate answers for graph `role` (generator, a2b, b2a): uint8 H x W x C'."""
+    return inference.translate_image(served, DecodedImage(pixels, None), role)[0]
 
 
-# ------------------------------------------------------------------ running image graphs
-
-def session(path: Path):
-    import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=[PROVIDER])
-
-
-def run_padded(sess, x: np.ndarray, multiple_of: int, min_size: int, scale: int) -> np.ndarray:
-    """Reflect-pad H and W up to the graph's multiple / minimum, run, crop the output back."""
-    n, c, h, w = x.shape
-    ph = max(min_size, -(-h // multiple_of) * multiple_of) - h
-    pw = max(min_size, -(-w // multiple_of) * multiple_of) - w
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "edge"
-        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
-    y = sess.run(["output"], {"image": x})[0]
-    return y[:, :, :h * scale, :w * scale]
+def translate_batch(served: ServedModel, role: str, pixels: np.ndarray) -> np.ndarray:
+    """uint8 N x C x H x W -> N x C' x H x W, one /translate request per image."""
+    out = [translate(served, role, np.ascontiguousarray(p.transpose(1, 2, 0))) for p in pixels]
+    return np.stack(out).transpose(0, 3, 1, 2) if out else pixels
 
 
-def _ramp(length: int, taper: int) -> np.ndarray:
-    i = np.arange(length, dtype=np.float64)
-    return np.minimum(1.0, np.minimum(i + 1, length - i) / (taper + 1))
+def generate(served: ServedModel, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """z [N, latent] (+ labels [N]) -> uint8 N x C x H x W, what /generate draws for those latents."""
+    out = [inference.generate_images(served, z[i:i + GENERATE_BATCH], None if labels is None
+                                     else labels[i:i + GENERATE_BATCH]) for i in range(0, len(z), GENERATE_BATCH)]
+    return np.concatenate(out).transpose(0, 3, 1, 2)
 
 
-def run_tiled(sess, x: np.ndarray, card: dict[str, Any]) -> np.ndarray:
-    """N x C x h x w through the graph in overlapping tiles (card `tiling`), feather-blended."""
-    spec_in, scale = card["input"], int(card["output"].get("scale", 1))
-    m, lo = int(spec_in.get("multiple_of") or 1), int(spec_in.get("min_size") or 1)
-    tiling = card.get("tiling") or {}
-    tile = max(int(tiling.get("tile", 256)), m, lo)
-    overlap = min(int(tiling.get("overlap", 16)), tile // 4)
-    n, c, h, w = x.shape
-    if h <= tile and w <= tile:
-        return run_padded(sess, x, m, lo, scale)
-
-    def starts(size: int) -> list[int]:
-        if size <= tile:
-            return [0]
-        step = tile - 2 * overlap
-        out = list(range(0, size - tile, step))
-        return out + [size - tile]
-
-    out_c = int(card["output"]["channels"])
-    acc = np.zeros((n, out_c, h * scale, w * scale), np.float64)
-    weight = np.zeros((h * scale, w * scale), np.float64)
-    for y0 in starts(h):
-        for x0 in starts(w):
-            th, tw = min(tile, h - y0), min(tile, w - x0)
-            y = run_padded(sess, np.ascontiguousarray(x[:, :, y0:y0 + th, x0:x0 + tw]), m, lo, scale)
-            wt = np.outer(_ramp(th * scale, overlap * scale), _ramp(tw * scale, overlap * scale))
-            acc[:, :, y0 * scale:(y0 + th) * scale, x0 * scale:(x0 + tw) * scale] += y * wt
-            weight[y0 * scale:(y0 + th) * scale, x0 * scale:(x0 + tw) * scale] += wt
-    return (acc / weight).astype(np.float32)
-
-
-def run_batches(sess, x: np.ndarray, card: dict[str, Any], batch: int = 64) -> np.ndarray:
-    spec_in = card["input"]
-    m, lo = int(spec_in.get("multiple_of") or 1), int(spec_in.get("min_size") or 1)
-    scale = int(card["output"].get("scale", 1))
-    return np.concatenate([run_padded(sess, x[i:i + batch], m, lo, scale) for i in range(0, len(x), batch)])
-
-
-# ------------------------------------------------------------------ image quality
-
-def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
-    """H x W x 3 uint8 -> Y in [16, 235] (ITU-R BT.601, as MATLAB rgb2ycbcr), float64."""
-    x = rgb.astype(np.float64) / 255.0
-    return 16.0 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse <= 1e-10 else 10.0 * math.log10(data_range ** 2 / mse)
-
-
-def _gauss(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    k = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma ** 2))
-    return k / k.sum()
-
-
-def _filter_valid(img: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Separable 'valid' correlation (MATLAB filter2(..., 'valid'))."""
-    n = len(k)
-    h, w = img.shape
-    rows = sum(k[i] * img[i:h - n + 1 + i] for i in range(n))
-    return sum(k[i] * rows[:, i:w - n + 1 + i] for i in range(n))
-
-
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
-    """SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K = (0.01, 0.03), valid region."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    k = _gauss()
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = _filter_valid(a, k), _filter_valid(b, k)
-    saa = _filter_valid(a * a, k) - mu_a ** 2
-    sbb = _filter_valid(b * b, k) - mu_b ** 2
-    sab = _filter_valid(a * b, k) - mu_a * mu_b
-    m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-    return float(m.mean())
-
-
-def y_scores(out: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:
-    ya, yb = rgb_to_y(out), rgb_to_y(hr)
-    if border:
-        ya, yb = ya[border:-border, border:-border], yb[border:-border, border:-border]
-    return psnr(ya, yb), ssim(ya, yb)
-
-
-def colourfulness(rgb: np.ndarray) -> float:
-    """Hasler & Suesstrunk (2003) M: sigma_rgyb + 0.3 * mu_rgyb, on 0..255 RGB."""
-    x = rgb.astype(np.float64)
-    rg = x[..., 0] - x[..., 1]
-    yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
-    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
-
-
-def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) of Gaussians fitted to two feature sets."""
-    f1, f2 = f1.astype(np.float64), f2.astype(np.float64)
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.atleast_2d(np.cov(f1, rowvar=False)), np.atleast_2d(np.cov(f2, rowvar=False))
-    w, v = np.linalg.eigh(s1)
-    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^1/2
-    m = r1 @ s2 @ r1  # Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2), a symmetric PSD matrix
-    tr = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr)
+def family_of(card: Card) -> Family:
+    """The card's family in training/registry.py; for one it does not know (an imported model), a known
+    family with the same endpoint and graph roles (upscale -> srgan, a2b + b2a -> cyclegan, ...)."""
+    try:
+        return get_family(card.family)
+    except ValueError:
+        pass
+    for family in FAMILIES.values():
+        if family.endpoint == card.endpoint and (not family.real_inputs or set(family.real_inputs) == set(card.files)):
+            return family
+    raise EvalError(f"no held-out evaluation for family {card.family!r} / endpoint {card.endpoint!r} "
+                    f"with roles {sorted(card.files)}")
 
 
 # ------------------------------------------------------------------ data
 
-def data_config(card: dict[str, Any], data_root: str | None) -> dict[str, Any]:
-    config = (card.get("training") or {}).get("config") or {}
+def data_config(card: Card, data_root: str | None) -> dict[str, Any]:
+    config = (card.training.config if card.training is not None else None) or {}
     data = dict(config.get("data") or {})
     if not data:
         raise EvalError("the card's training.config has no data section: pass --data-root and a known model")
@@ -216,138 +136,12 @@ def reader(data: dict[str, Any], **override):
     return build_dataset(DataConfig(**{**data, **override}), "test")
 
 
-# ------------------------------------------------------------------ per endpoint
-
-def eval_upscale(card, sessions, data, limit, crop: int, anchors_dir: Path | None, log) -> dict[str, Any]:
-    from PIL import Image
-
-    from .data import load_image
-
-    if data.get("kind") != "hr_folder":
-        raise EvalError(f"upscale eval reads an hr_folder dataset, the card's data kind is {data.get('kind')!r}")
-    scale = int(card["output"]["scale"])
-    paths = reader(data, hr_size=None).paths[:limit]
-    sess = sessions["generator"]
-    peers, anchors_note = _anchor_models(anchors_dir, scale)
-    sums: dict[str, list[float]] = {}
-
-    def add(key: str, value: float) -> None:
-        sums.setdefault(key, []).append(value)
-
-    for path in paths:
-        im = load_image(path, "RGB")
-        w, h = im.size
-        if crop:
-            c = crop - crop % scale
-            cw, ch = min(c, w - w % scale), min(c, h - h % scale)
-            x0, y0 = (w - cw) // 2, (h - ch) // 2
-            hr = im.crop((x0, y0, x0 + cw, y0 + ch))
-        else:
-            hr = im.crop((0, 0, w - w % scale, h - h % scale))
-        lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
-        hr_px, lr_px = np.asarray(hr), np.asarray(lr)
-        x = to_graph(hwc_to_nchw([lr_px]), card["input"]["range"])
-        sr = to_pixels(run_tiled(sess, x, card), card["output"]["range"])[0].transpose(1, 2, 0)
-        bicubic = np.asarray(lr.resize(hr.size, Image.BICUBIC))
-        p, s = y_scores(sr, hr_px, scale)
-        add("psnr_y", p)
-        add("ssim_y", s)
-        p, s = y_scores(bicubic, hr_px, scale)
-        add("bicubic_psnr_y", p)
-        add("bicubic_ssim_y", s)
-        for key, model in peers.items():
-            out = model.upsample(np.ascontiguousarray(lr_px[:, :, ::-1]))[:, :, ::-1]
-            p, s = y_scores(out, hr_px, scale)
-            add(f"{key}_psnr_y", p)
-            add(f"{key}_ssim_y", s)
-        log(f"  {path.name}: HR {hr.width}x{hr.height}  model {sums['psnr_y'][-1]:.2f} dB / "
-            f"bicubic {sums['bicubic_psnr_y'][-1]:.2f} dB")
-    if not paths:
-        raise EvalError("the held-out split has no images")
-    mean = {k: float(np.mean(v)) for k, v in sums.items()}
-    result: dict[str, Any] = {k: mean[k] for k in ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")}
-    result.update(images=len(paths), hr_crop=[crop - crop % scale] * 2 if crop else "full",
-                  border=scale, y_channel="ITU-R BT.601 (MATLAB rgb2ycbcr)", degradation="PIL bicubic /%d" % scale)
-    if peers:
-        result["anchors"] = {key: {"psnr_y": mean[f"{key}_psnr_y"], "ssim_y": mean[f"{key}_ssim_y"]} for key in peers}
-        result["anchors_source"] = str(anchors_dir)
-    if anchors_note:
-        result["anchors_note"] = anchors_note
-    return result
+def tensor_pixels(t) -> np.ndarray:
+    """A reader's C x H x W tensor in [-1, 1] back to its uint8 pixels, H x W x C."""
+    return np.clip(np.rint((t.numpy() + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def _anchor_models(anchors_dir: Path | None, scale: int) -> tuple[dict[str, Any], str | None]:
-    if anchors_dir is None or not anchors_dir.is_dir():
-        return {}, f"anchors skipped: {anchors_dir} does not exist"
-    files = {key: anchors_dir / f"{stem}_x{scale}.pb" for key, stem in ANCHORS}
-    files = {k: p for k, p in files.items() if p.is_file()}
-    if not files:
-        return {}, f"anchors skipped: no *_x{scale}.pb files in {anchors_dir}"
-    try:
-        import cv2
-        create = cv2.dnn_superres.DnnSuperResImpl_create
-    except (ImportError, AttributeError):
-        return {}, ("anchors skipped: cv2.dnn_superres is not importable "
-                    "(pip install opencv-contrib-python-headless to compare with FSRCNN/ESPCN/LapSRN)")
-    models, missing = {}, []
-    for key, path in files.items():
-        sr = create()
-        sr.readModel(str(path))
-        sr.setModel(key, scale)
-        models[key] = sr
-    missing = [k for k, _ in ANCHORS if k not in files]
-    return models, (f"no file for {', '.join(missing)} in {anchors_dir}" if missing else None)
-
-
-def eval_pix2pix(card, sessions, data, limit, seed: int, log) -> dict[str, Any]:
-    kind = data.get("kind")
-    if kind not in ("colorization", "aligned"):
-        raise EvalError(f"pix2pix eval reads a colorization or aligned dataset, not {kind!r}")
-    rd = reader(data)
-    n_src = len(rd)
-    per_image = min(8, max(1, math.ceil(32 / max(n_src, 1))))  # a few crops each when the split is small
-    total = n_src * per_image if limit is None else min(limit, n_src * per_image)
-    sess = sessions["generator"]
-    rows: dict[str, list[float]] = {}
-    for j in range(total):
-        i, k = j % n_src, j // n_src
-        s = rd.sample(i, np.random.default_rng([seed, i, k]))
-        a, b = tensor_pixels(s["A"]), tensor_pixels(s["B"])  # C x H x W uint8
-        y = run_batches(sess, to_graph(a[None], card["input"]["range"]), card)
-        out = to_pixels(y, card["output"]["range"])[0]
-        base = np.repeat(a, 3, 0) if a.shape[0] == 1 and b.shape[0] == 3 else a
-        hwc = lambda t: t.transpose(1, 2, 0)  # noqa: E731
-        for key, img in (("", out), ("input_", base)):
-            rows.setdefault(f"{key}l1", []).append(float(np.abs(img.astype(np.float64) - b).mean() / 255.0))
-            rows.setdefault(f"{key}mse", []).append(float(np.mean((img.astype(np.float64) - b) ** 2)))
-            if img.shape[0] == 3:
-                rows.setdefault(f"{key}colourfulness", []).append(colourfulness(hwc(img)))
-        if b.shape[0] == 3:
-            rows.setdefault("target_colourfulness", []).append(colourfulness(hwc(b)))
-    if not total:
-        raise EvalError("the held-out split has no images")
-    mean = {k: float(np.mean(v)) for k, v in rows.items()}
-
-    def pooled_psnr(mse: float) -> float:  # from the mean MSE: a crop that is exactly right cannot dominate
-        return 100.0 if mse <= 1e-10 else 10.0 * math.log10(255.0 ** 2 / mse)
-
-    result = {"l1": mean["l1"], "psnr": pooled_psnr(mean["mse"]),
-              "input_l1": mean["input_l1"], "input_psnr": pooled_psnr(mean["input_mse"])}
-    for key in ("colourfulness", "target_colourfulness", "input_colourfulness"):
-        if key in mean:
-            result[key] = mean[key]
-    result.update(images=min(n_src, total), crops=total, crop_size=data.get("crop_size"),
-                  load_size=data.get("load_size"), baseline="input as output (grayscale replicated to RGB)")
-    return result
-
-
-def _classifier(data: dict[str, Any], cache: Path, steps: int | None, log):
-    from .classifier import ClassifierConfig, ensure_classifier
-    cfg = ClassifierConfig() if steps is None else ClassifierConfig(steps=steps)
-    return ensure_classifier(data["root"], cache, cfg, log)
-
-
-def _domain_images(data: dict[str, Any], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def domain_images(data: dict[str, Any], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 N x C x H x W for domains A and B of the held-out split."""
     rd = reader(data)
     if data.get("kind") == "fashion_mnist_domains":
@@ -367,31 +161,189 @@ def _domain_images(data: dict[str, Any], limit: int | None) -> tuple[np.ndarray,
         sizes = {o.shape for o in out}
         if len(sizes) > 1:
             raise EvalError(f"held-out images have different sizes {sorted(sizes)}; set data.crop_size")
-        return hwc_to_nchw(out)
+        arr = np.stack([o if o.ndim == 3 else o[:, :, None] for o in out])
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
 
     return load(rd.paths_a), load(rd.paths_b)
 
 
-def eval_cyclegan(card, sessions, data, limit, classifier_cache: Path, classifier_steps, log) -> dict[str, Any]:
-    kind = data.get("kind")
+def heldout_pairs(data: dict[str, Any], limit: int | None, crop: int,
+                  scale: int) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+    """(path, HR, LR) per held-out photo, uint8 H x W x 3: HR its centre `crop` (0: the whole photo) cut to a
+    multiple of `scale`, LR = HR downscaled by PIL bicubic / scale."""
+    from PIL import Image
+
+    from .data import load_image
+
+    for path in reader(data, hr_size=None).paths[:limit]:
+        im = load_image(path, "RGB")
+        w, h = im.size
+        if crop:
+            c = crop - crop % scale
+            cw, ch = min(c, w - w % scale), min(c, h - h % scale)
+            x0, y0 = (w - cw) // 2, (h - ch) // 2
+            hr = im.crop((x0, y0, x0 + cw, y0 + ch))
+        else:
+            hr = im.crop((0, 0, w - w % scale, h - h % scale))
+        lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+        yield path, np.asarray(hr), np.asarray(lr)
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a card records it: never absolute (an absolute one becomes relative to the repository root)."""
+    return os.path.relpath(path, REPO_ROOT) if Path(path).is_absolute() else str(path)
+
+
+# ------------------------------------------------------------------ per family
+
+@dataclass
+class EvalJob:
+    """What every evaluator reads: the loaded model, its dataset section and the CLI's options."""
+    served: ServedModel
+    data: dict[str, Any]
+    limit: int | None = None
+    crop: int = 512
+    anchors_dir: Path | None = None
+    samples_per_class: int = 100
+    seed: int = 0
+    classifier_cache: Path = Path("runs/classifier")
+    classifier_steps: int | None = None
+    log: Callable[[str], Any] = print
+
+    @property
+    def card(self) -> Card:
+        return self.served.card
+
+    def classifier(self):
+        from .classifier import ClassifierConfig, ensure_classifier
+        cfg = ClassifierConfig() if self.classifier_steps is None else ClassifierConfig(steps=self.classifier_steps)
+        return ensure_classifier(self.data["root"], self.classifier_cache, cfg, self.log)
+
+
+def eval_upscale(job: EvalJob) -> dict[str, Any]:
+    from PIL import Image
+
+    data = job.data
+    if data.get("kind") != "hr_folder":
+        raise EvalError(f"upscale eval reads an hr_folder dataset, the card's data kind is {data.get('kind')!r}")
+    scale = job.served.image_spec.scale
+    peers, anchors_note = anchor_models(job.anchors_dir, scale)
+    sums: dict[str, list[float]] = {}
+
+    def add(key: str, out: np.ndarray, hr: np.ndarray) -> None:
+        p, s = y_scores(out, hr, scale)
+        sums.setdefault(f"{key}psnr_y", []).append(p)
+        sums.setdefault(f"{key}ssim_y", []).append(s)
+
+    for path, hr, lr in heldout_pairs(data, job.limit, job.crop, scale):
+        add("", super_resolve(job.served, lr), hr)
+        add("bicubic_", np.asarray(Image.fromarray(lr).resize((hr.shape[1], hr.shape[0]), Image.BICUBIC)), hr)
+        for key, model in peers.items():
+            add(f"{key}_", model.upsample(np.ascontiguousarray(lr[:, :, ::-1]))[:, :, ::-1], hr)
+        job.log(f"  {path.name}: HR {hr.shape[1]}x{hr.shape[0]}  model {sums['psnr_y'][-1]:.2f} dB / "
+                f"bicubic {sums['bicubic_psnr_y'][-1]:.2f} dB")
+    if not sums:
+        raise EvalError("the held-out split has no images")
+    mean = {k: float(np.mean(v)) for k, v in sums.items()}
+    crop = job.crop
+    result: dict[str, Any] = {k: mean[k] for k in ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")}
+    result.update(images=len(sums["psnr_y"]), hr_crop=[crop - crop % scale] * 2 if crop else "full",
+                  border=scale, y_channel="ITU-R BT.601 (MATLAB rgb2ycbcr)", degradation="PIL bicubic /%d" % scale)
+    if peers:
+        result["anchors"] = {key: {"psnr_y": mean[f"{key}_psnr_y"], "ssim_y": mean[f"{key}_ssim_y"]} for key in peers}
+        result["anchors_source"] = shown_path(job.anchors_dir)
+    if anchors_note:
+        result["anchors_note"] = anchors_note
+    return result
+
+
+def anchor_models(anchors_dir: Path | None, scale: int) -> tuple[dict[str, Any], str | None]:
+    """cv2.dnn_superres FSRCNN / ESPCN / LapSRN models from `anchors_dir`, and a note on what is missing."""
+    shown = shown_path(anchors_dir) if anchors_dir is not None else None
+    if anchors_dir is None or not anchors_dir.is_dir():
+        return {}, f"anchors skipped: {shown} does not exist"
+    files = {key: anchors_dir / f"{stem}_x{scale}.pb" for key, stem in ANCHORS}
+    files = {k: p for k, p in files.items() if p.is_file()}
+    if not files:
+        return {}, f"anchors skipped: no *_x{scale}.pb files in {shown}"
+    try:
+        import cv2
+        create = cv2.dnn_superres.DnnSuperResImpl_create
+    except (ImportError, AttributeError):
+        return {}, ("anchors skipped: cv2.dnn_superres is not importable "
+                    "(pip install opencv-contrib-python-headless to compare with FSRCNN/ESPCN/LapSRN)")
+    models, unreadable = {}, []
+    for key, path in files.items():
+        sr = create()
+        try:
+            sr.readModel(str(path))
+        except cv2.error:  # e.g. an OpenCV whose dnn module no longer reads these TensorFlow graphs
+            unreadable.append(key)
+            continue
+        sr.setModel(key, scale)
+        models[key] = sr
+    missing = [k for k, _ in ANCHORS if k not in files]
+    notes = ([f"no file for {', '.join(missing)} in {shown}"] if missing else []) + (
+        [f"cv2 {cv2.__version__} cannot read {', '.join(unreadable)} in {shown}"] if unreadable else [])
+    return models, "; ".join(notes) or None
+
+
+def eval_pix2pix(job: EvalJob) -> dict[str, Any]:
+    data, kind = job.data, job.data.get("kind")
+    if kind not in ("colorization", "aligned"):
+        raise EvalError(f"pix2pix eval reads a colorization or aligned dataset, not {kind!r}")
+    rd = reader(data)
+    n_src = len(rd)
+    per_image = min(8, max(1, math.ceil(32 / max(n_src, 1))))  # a few crops each when the split is small
+    total = n_src * per_image if job.limit is None else min(job.limit, n_src * per_image)
+    rows: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(value)
+
+    for j in range(total):
+        i, k = j % n_src, j // n_src
+        s = rd.sample(i, np.random.default_rng([job.seed, i, k]))
+        a, b = tensor_pixels(s["A"]), tensor_pixels(s["B"])  # H x W x C uint8
+        out = translate(job.served, "generator", a)
+        base = np.repeat(a, 3, 2) if a.shape[2] == 1 and b.shape[2] == 3 else a
+        for key, img in (("", out), ("input_", base)):
+            diff = img.astype(np.float64) - b
+            add(f"{key}l1", float(np.abs(diff).mean() / 255.0))
+            add(f"{key}mse", float(np.mean(diff ** 2)))
+            if img.shape[2] == 3:
+                add(f"{key}colourfulness", colourfulness(img))
+        if b.shape[2] == 3:
+            add("target_colourfulness", colourfulness(b))
+    if not total:
+        raise EvalError("the held-out split has no images")
+    mean = {k: float(np.mean(v)) for k, v in rows.items()}
+    # PSNR from the mean MSE: a crop that is exactly right cannot dominate
+    result = {"l1": mean["l1"], "psnr": psnr_from_mse(mean["mse"]),
+              "input_l1": mean["input_l1"], "input_psnr": psnr_from_mse(mean["input_mse"])}
+    for key in ("colourfulness", "target_colourfulness", "input_colourfulness"):
+        if key in mean:
+            result[key] = mean[key]
+    result.update(images=min(n_src, total), crops=total, crop_size=data.get("crop_size"),
+                  load_size=data.get("load_size"), baseline="input as output (grayscale replicated to RGB)")
+    return result
+
+
+def eval_cyclegan(job: EvalJob) -> dict[str, Any]:
+    data, kind = job.data, job.data.get("kind")
     if kind not in ("fashion_mnist_domains", "unaligned"):
         raise EvalError(f"cyclegan eval reads fashion_mnist_domains or unaligned data, not {kind!r}")
-    a, b = _domain_images(data, limit)
+    a, b = domain_images(data, job.limit)
     if not len(a) or not len(b):
         raise EvalError("the held-out split has no images in one of the domains")
-
-    def translate(role: str, px: np.ndarray) -> np.ndarray:
-        y = run_batches(sessions[role], to_graph(px, card["input"]["range"]), card)
-        return to_pixels(y, card["output"]["range"])
-
-    fake_b, fake_a = translate("a2b", a), translate("b2a", b)
-    rec_a, rec_b = translate("b2a", fake_b), translate("a2b", fake_a)
+    fake_b, fake_a = translate_batch(job.served, "a2b", a), translate_batch(job.served, "b2a", b)
+    rec_a, rec_b = translate_batch(job.served, "b2a", fake_b), translate_batch(job.served, "a2b", fake_a)
     l1 = lambda x, y: float(np.abs(x.astype(np.float64) - y).mean() / 255.0)  # noqa: E731
     result: dict[str, Any] = {"cycle_l1_a": l1(rec_a, a), "cycle_l1_b": l1(rec_b, b),
                               "images_a": int(len(a)), "images_b": int(len(b))}
     if kind == "fashion_mnist_domains":
         from .data import FASHION_MNIST_CLASSES
-        clf = _classifier(data, classifier_cache, classifier_steps, log)
+        clf = job.classifier()
         ca, cb = int(data.get("class_a", 7)), int(data.get("class_b", 9))
         share = lambda px, c: float((clf.classify(px) == c).mean())  # noqa: E731
         result.update({
@@ -399,27 +351,30 @@ def eval_cyclegan(card, sessions, data, limit, classifier_cache: Path, classifie
             "real_a_share": share(a, ca), "real_b_share": share(b, cb),
             "unchanged_a2b_share": share(a, cb), "unchanged_b2a_share": share(b, ca),
             "domains": {"a": FASHION_MNIST_CLASSES[ca], "b": FASHION_MNIST_CLASSES[cb]},
-            "classifier": clf.info})
+            "classifier": classifier_info(clf)})
     else:
         result["target_share_note"] = "no domain classifier for this dataset (only Fashion-MNIST has one)"
     return result
 
 
-def eval_generate(card, sessions, data, limit, samples_per_class: int, seed: int, classifier_cache: Path,
-                  classifier_steps, log) -> dict[str, Any]:
+def classifier_info(clf) -> dict[str, Any]:
+    info = dict(clf.info)
+    if info.get("checkpoint"):
+        info["checkpoint"] = shown_path(info["checkpoint"])
+    return info
+
+
+def eval_generate(job: EvalJob) -> dict[str, Any]:
+    data, card = job.data, job.card
     if data.get("kind") != "fashion_mnist":
         raise EvalError(f"generate eval needs the Fashion-MNIST classifier; the data kind is {data.get('kind')!r}")
-    clf = _classifier(data, classifier_cache, classifier_steps, log)
-    classes = card.get("classes") or []
+    clf = job.classifier()
+    classes = card.classes or []
     wanted = data.get("classes") or list(range(len(classes)))
-    rng = np.random.default_rng(seed)
-    latent = int(card["latent_dim"])
-    labels = np.repeat(np.asarray(wanted, np.int64), samples_per_class)
-    z = rng.standard_normal((len(labels), latent)).astype(np.float32)
-    sess = sessions["generator"]
-    out = np.concatenate([sess.run(["output"], {"z": z[i:i + 256], "label": labels[i:i + 256]})[0]
-                          for i in range(0, len(labels), 256)])
-    px = to_pixels(out, card["output"]["range"])
+    rng = np.random.default_rng(job.seed)
+    labels = np.repeat(np.asarray(wanted, np.int64), job.samples_per_class)
+    z = rng.standard_normal((len(labels), int(card.latent_dim))).astype(np.float32)
+    px = generate(job.served, z, labels if job.served.generate_spec.label_name else None)
     if px.shape[1] != 1:
         raise EvalError(f"the Fashion-MNIST classifier takes 1 channel, the generator makes {px.shape[1]}")
     logits, gen_feats = clf.predict(px)
@@ -429,8 +384,8 @@ def eval_generate(card, sessions, data, limit, samples_per_class: int, seed: int
     from .data import DataConfig, build_dataset
     test = build_dataset(DataConfig(**data), "test")
     train = build_dataset(DataConfig(**data), "train")
-    test_imgs = test.images[:limit]
-    pick = np.random.default_rng([seed, 1]).choice(len(train), size=min(len(labels), len(train)), replace=False)
+    test_imgs = test.images[:job.limit]
+    pick = np.random.default_rng([job.seed, 1]).choice(len(train), size=min(len(labels), len(train)), replace=False)
     _, test_feats = clf.predict(test_imgs)
     _, train_feats = clf.predict(train.images[pick])
     return {
@@ -438,9 +393,10 @@ def eval_generate(card, sessions, data, limit, samples_per_class: int, seed: int
         "class_match_per_class": per_class,
         "frechet_distance": frechet_distance(gen_feats, test_feats),
         "frechet_distance_real_train": frechet_distance(train_feats, test_feats),
-        "samples": int(len(labels)), "samples_per_class": samples_per_class, "heldout_images": int(len(test_imgs)),
+        "samples": int(len(labels)), "samples_per_class": job.samples_per_class,
+        "heldout_images": int(len(test_imgs)),
         "features": "classifier penultimate layer (128-d)",
-        "classifier": clf.info,
+        "classifier": classifier_info(clf),
     }
 
 
@@ -453,48 +409,45 @@ def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: i
     """Evaluate OUT/NAME on its held-out split; returns (and by default writes) `metrics.heldout`."""
     model_dir = Path(model_dir)
     try:
-        card = verify_model_dir(model_dir)
+        verify_model_dir(model_dir)
     except ModelDirError as e:
         raise EvalError(str(e)) from e
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be >= 1, got {limit}")
+    served = load_served(model_dir)
+    card = served.card
+    evaluator = family_of(card).evaluator()
     data = data_config(card, data_root)
-    sessions = {role: session(model_dir / entry["path"]) for role, entry in card["files"].items()}
-    family, endpoint = card.get("family"), card.get("endpoint")
-    log(f"evaluating {model_dir.name} ({family}, version {card.get('version')}) on {data.get('root')} (test split)")
-    cache = Path(classifier_cache)
-    if endpoint == "upscale":
-        result = eval_upscale(card, sessions, data, limit, crop, Path(anchors_dir) if anchors_dir else None, log)
-    elif family == "pix2pix":
-        result = eval_pix2pix(card, sessions, data, limit, seed, log)
-    elif family == "cyclegan":
-        result = eval_cyclegan(card, sessions, data, limit, cache, classifier_steps, log)
-    elif endpoint == "generate":
-        result = eval_generate(card, sessions, data, limit, samples_per_class, seed, cache, classifier_steps, log)
-    else:
-        raise EvalError(f"no held-out evaluation for family {family!r} / endpoint {endpoint!r}")
-    result.update(split="test", data_root=str(data.get("root")), runtime=f"onnxruntime {PROVIDER}",
-                  model_version=card.get("version"), seed=seed,
+    log(f"evaluating {model_dir.name} ({card.family}, version {card.version}) on {data.get('root')} (test split)")
+    job = EvalJob(served, data, limit=limit, crop=crop, anchors_dir=Path(anchors_dir) if anchors_dir else None,
+                  samples_per_class=samples_per_class, seed=seed, classifier_cache=Path(classifier_cache),
+                  classifier_steps=classifier_steps, log=log)
+    result = evaluator(job)
+    result.update(split="test", data_root=shown_path(data.get("root")),
+                  runtime=f"onnxruntime {served.provider} {served.precision} (the service's pipeline)",
+                  model_version=card.version, seed=seed,
                   evaluated_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if write:
-        _write_heldout(model_dir, card.get("version"), result)
+        write_heldout(model_dir, card.version, result)
     return result
 
 
-def _write_heldout(model_dir: Path, version: str | None, result: dict[str, Any]) -> None:
+def write_heldout(model_dir: Path, version: str, result: dict[str, Any]) -> None:
+    """Put `result` into the card's metrics.heldout, under the model's lock, if the folder is still `version`."""
     with model_lock(model_dir.parent, model_dir.name, wait=True):
         card = verify_model_dir(model_dir)
-        if card.get("version") != version:
-            raise EvalError(f"{model_dir} changed during evaluation (version {version} -> {card.get('version')}); "
+        if card.version != version:
+            raise EvalError(f"{model_dir} changed during evaluation (version {version} -> {card.version}); "
                             f"run eval again")
-        card.setdefault("metrics", {})["heldout"] = result
+        card.metrics.heldout = result
         write_card(model_dir, card)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training eval",
-                                description="Measure a published model on its held-out split through onnxruntime "
-                                            "and write the figures into its card (metrics.heldout).")
+                                description="Measure a published model on its held-out split through the "
+                                            "service's pipeline and write the figures into its card "
+                                            "(metrics.heldout).")
     p.add_argument("name", help="model name (folder under --models)")
     p.add_argument("--models", default="models", help="the models folder (default: models)")
     p.add_argument("--data-root", help="dataset root (default: the one in the card's training config)")
@@ -519,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_model(Path(args.models) / args.name, args.data_root, args.limit, args.classifier_cache,
                                 args.classifier_steps, args.crop, args.samples_per_class, args.anchors,
                                 args.seed, write=not args.dry_run)
-    except (EvalError, ExportError, ModelDirError, ValueError, OSError) as e:
+    except (EvalError, ModelDirError, CardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

@@ -1,23 +1,64 @@
-"""Family name -> recipe class. Adding a family is one recipe file plus one line here.
+"""Every family, with everything family-specific, in one table; networks come from networks/registry.py.
 
-Imports are lazy (by dotted path) so that nothing is scanned or imported at start-up.
+A family is one recipe file (its networks' wiring, losses, training step, export specs and tiny
+test config) plus one `Family(...)` line below: the CLI, export, evaluation, the sample sheets and
+the tests find it all here. Entries are dotted paths, imported when first used, so that nothing is
+scanned or imported at start-up (and this module needs no torch).
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
-FAMILIES = {
-    "dcgan": "training.recipes.dcgan:DCGANRecipe",
-    "pix2pix": "training.recipes.pix2pix:Pix2PixRecipe",
-    "cyclegan": "training.recipes.cyclegan:CycleGANRecipe",
-    "srgan": "training.recipes.srgan:SRGANRecipe",
-}
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    endpoint: str  # generate | translate | upscale
+    recipe: str  # "module:Class" of the Recipe
+    evaluate: str  # "module:function" computing the card's metrics.heldout (training/evaluate.py)
+    sheet: str  # "module:function" drawing its sample sheet (training/sheets.py)
+    # role -> the dataset sample field that feeds that graph (parity at export, int8 calibration, eval)
+    real_inputs: Mapping[str, str] = field(default_factory=dict)
+
+    def recipe_class(self) -> type:
+        return load(self.recipe)
+
+    def evaluator(self) -> Callable[..., Any]:
+        return load(self.evaluate)
+
+    def sheet_maker(self) -> Callable[..., Any]:
+        return load(self.sheet)
+
+    def tiny_config(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A tiny run config over small generated datasets ({"fashion": root, "photos": root}): tests."""
+        return self.recipe_class().tiny_config(data)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("dcgan", "generate", "training.recipes.dcgan:DCGANRecipe",
+           "training.evaluate:eval_generate", "training.sheets:sheet_generate"),
+    Family("pix2pix", "translate", "training.recipes.pix2pix:Pix2PixRecipe",
+           "training.evaluate:eval_pix2pix", "training.sheets:sheet_pix2pix", {"generator": "A"}),
+    Family("cyclegan", "translate", "training.recipes.cyclegan:CycleGANRecipe",
+           "training.evaluate:eval_cyclegan", "training.sheets:sheet_cyclegan", {"a2b": "A", "b2a": "B"}),
+    Family("srgan", "upscale", "training.recipes.srgan:SRGANRecipe",
+           "training.evaluate:eval_upscale", "training.sheets:sheet_upscale", {"generator": "lr"}),
+)}
+
+
+def load(target: str) -> Any:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})") from None
 
 
 def get_recipe_class(family: str):
-    try:
-        target = FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})") from None
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+    return get_family(family).recipe_class()

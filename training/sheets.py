@@ -2,8 +2,10 @@
 
     python -m training sheets [NAME ...] [--models models] [--out docs/samples] [--data-root DIR]
 
-Runs the exported ONNX graphs on onnxruntime (never torch), exactly as `eval`
-does, on the held-out split of each model's dataset:
+Loads each folder with the service's loader and runs every image through the
+service's own pipeline (service/inference.py), exactly as `eval` does
+(training/evaluate.py), on the held-out split of each model's dataset: what a
+sheet shows is what /generate, /translate and /upscale answer.
 
 - generate: one row per class, `--per-class` samples each (fixed seeds).
 - translate, CycleGAN: real A | A -> B, and real B | B -> A.
@@ -11,22 +13,30 @@ does, on the held-out split of each model's dataset:
 - upscale: bicubic | model | original on centre crops of held-out photos; with
   two or more upscale models, `upscale-compare.png` puts them side by side.
 
-With no NAME, every model in --models gets a sheet. Also prints a Markdown
-table of each card's held-out metrics (`--table` prints only the table).
+Which sheet a model gets comes from training/registry.py (its family's `sheet`
+entry, a function of the list of models that share it). With no NAME, every
+model in --models gets a sheet. Also prints a Markdown table of each card's
+held-out metrics (`--table` prints only the table).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .evaluate import (EvalError, data_config, hwc_to_nchw, reader, run_batches, run_tiled, session, to_graph,
-                       to_pixels)
-from .export import ExportError, ModelDirError, verify_model_dir
+from contract import Card, CardError
+from contract.folder import ModelDirError, verify_model_dir
+from service.loading import ServedModel
 
+from .evaluate import (EvalError, data_config, domain_images, family_of, generate, load_served, reader,
+                       super_resolve, translate, translate_batch)
+
+PHOTOS_MAX = 4  # photo sheets (colorize, upscale) show at most this many held-out photos
 LABEL_H = 16
 PAD = 4
 
@@ -77,30 +87,72 @@ def _hwc(px: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ per family
 
-def sheet_generate(card: dict[str, Any], sessions, per_class: int, seed: int):
-    classes = card.get("classes") or [str(i) for i in range(int(card.get("num_classes", 1)))]
-    rng = np.random.default_rng(seed)
+@dataclass
+class SheetJob:
+    """One model to draw, loaded as the service loads it, with the CLI's options."""
+    served: ServedModel
+    n: int = 8  # held-out images (photo sheets: at most PHOTOS_MAX)
+    crop: int = 192  # photo sheets: crop edge in output pixels
+    seed: int = 0
+    data_root: str | None = None
+
+    @property
+    def card(self) -> Card:
+        return self.served.card
+
+    @property
+    def name(self) -> str:
+        return self.served.name
+
+    def data(self) -> dict[str, Any]:
+        return data_config(self.card, self.data_root)
+
+
+# A sheet maker takes every model that shares it (one call) and returns {file stem: image}.
+
+def sheet_generate(jobs: list[SheetJob]) -> dict[str, Any]:
+    return {job.name: generate_sheet(job) for job in jobs}
+
+
+def sheet_cyclegan(jobs: list[SheetJob]) -> dict[str, Any]:
+    return {job.name: cyclegan_sheet(job) for job in jobs}
+
+
+def sheet_pix2pix(jobs: list[SheetJob]) -> dict[str, Any]:
+    return {job.name: pix2pix_sheet(job) for job in jobs}
+
+
+def sheet_upscale(jobs: list[SheetJob]) -> dict[str, Any]:
+    """Every upscale model runs once on the same crops: its own sheet is bicubic | it | original, and with two
+    or more models `upscale-compare` shows them all side by side."""
+    rows, labels = upscale_rows(jobs)
+    sheets = {job.name: columns(rows, labels, [0, i + 1, len(labels) - 1]) for i, job in enumerate(jobs)}
+    if len(jobs) > 1:
+        sheets["upscale-compare"] = columns(rows, labels, list(range(len(labels))))
+    return sheets
+
+
+def generate_sheet(job: SheetJob):
+    card, per_class = job.card, job.n
+    classes = list(card.classes or ["sample"])
+    rng = np.random.default_rng(job.seed)
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), per_class)
-    z = rng.standard_normal((len(labels), int(card["latent_dim"]))).astype(np.float32)
-    out = sessions["generator"].run(["output"], {"z": z, "label": labels})[0]
-    px = to_pixels(out, card["output"]["range"])
+    z = rng.standard_normal((len(labels), int(card.latent_dim))).astype(np.float32)
+    px = generate(job.served, z, labels if job.served.generate_spec.label_name else None)
     rows = [[_hwc(px[c * per_class + k]) for k in range(per_class)] for c in range(len(classes))]
-    return grid(rows, row_labels=list(classes), zoom=2, label_w=90)
+    return grid(rows, row_labels=classes, zoom=2, label_w=90)
 
 
-def sheet_cyclegan(card: dict[str, Any], sessions, data: dict[str, Any], n: int):
-    from .evaluate import _domain_images
-    a, b = _domain_images(data, n)
-    rng = card["input"]["range"], card["output"]["range"]
-    fake_b = to_pixels(run_batches(sessions["a2b"], to_graph(a, rng[0]), card), rng[1])
-    fake_a = to_pixels(run_batches(sessions["b2a"], to_graph(b, rng[0]), card), rng[1])
-    dom = card.get("domains") or {"a": "A", "b": "B"}
+def cyclegan_sheet(job: SheetJob):
+    a, b = domain_images(job.data(), job.n)
+    fake_b, fake_a = translate_batch(job.served, "a2b", a), translate_batch(job.served, "b2a", b)
+    dom = job.card.domains or {"a": "A", "b": "B"}
     rows = [[_hwc(x) for x in a], [_hwc(x) for x in fake_b], [_hwc(x) for x in b], [_hwc(x) for x in fake_a]]
     labels = [f"{dom['a']}", f"-> {dom['b']}", f"{dom['b']}", f"-> {dom['a']}"]
     return grid(rows, row_labels=labels, zoom=3, label_w=90)
 
 
-def _photo_crops(data: dict[str, Any], n: int, size: int, shorter: int | None) -> list[np.ndarray]:
+def photo_crops(data: dict[str, Any], n: int, size: int, shorter: int | None) -> list[np.ndarray]:
     """Centre crops (size x size) of held-out photos, each first resized to `shorter` px on its shorter side."""
     from .data import load_image, resize_shorter
     out = []
@@ -113,36 +165,31 @@ def _photo_crops(data: dict[str, Any], n: int, size: int, shorter: int | None) -
     return out
 
 
-def sheet_pix2pix(card: dict[str, Any], sessions, data: dict[str, Any], n: int, size: int):
+def pix2pix_sheet(job: SheetJob):
     from PIL import Image
     rows = []
-    in_ch = int(card["input"]["channels"])
-    for rgb in _photo_crops(data, n, size, size):
+    for rgb in photo_crops(job.data(), min(job.n, PHOTOS_MAX), job.crop, job.crop):
         gray = np.asarray(Image.fromarray(rgb).convert("L"))
-        x = hwc_to_nchw([gray if in_ch == 1 else np.repeat(gray[:, :, None], 3, 2)])
-        out = to_pixels(run_tiled(sessions["generator"], to_graph(x, card["input"]["range"]), card),
-                        card["output"]["range"])[0]
-        rows.append([gray, _hwc(out), rgb])
-    return grid(rows, col_labels=["grayscale input", card["name"], "original"])
+        rows.append([gray, translate(job.served, "generator", gray[:, :, None]), rgb])
+    return grid(rows, col_labels=["grayscale input", job.name, "original"])
 
 
-def upscale_rows(cards: list[dict[str, Any]], sessions: list[dict], data: dict[str, Any], n: int, crop: int):
-    """Per held-out photo: bicubic, each model, the original (HR centre crop of `crop` px); and the labels."""
+def upscale_rows(jobs: list[SheetJob]) -> tuple[list[list[np.ndarray]], list[str]]:
+    """Per held-out photo: bicubic, each model, the original (HR centre crop of the first job's `crop` px);
+    and the column labels."""
     from PIL import Image
-    scale = int(cards[0]["output"]["scale"])
+    first = jobs[0]
+    scale, crop = first.served.image_spec.scale, first.crop
     rows = []
-    for hr in _photo_crops({**data, "hr_size": None}, n, crop, None):
+    for hr in photo_crops({**first.data(), "hr_size": None}, min(first.n, PHOTOS_MAX), crop, None):
         lr = Image.fromarray(hr).resize((crop // scale, crop // scale), Image.BICUBIC)
         row = [np.asarray(lr.resize((crop, crop), Image.BICUBIC))]
-        x = hwc_to_nchw([np.asarray(lr)])
-        for card, sess in zip(cards, sessions):
-            y = run_tiled(sess["generator"], to_graph(x, card["input"]["range"]), card)
-            row.append(_hwc(to_pixels(y, card["output"]["range"])[0]))
+        row += [super_resolve(job.served, np.asarray(lr)) for job in jobs]
         rows.append(row + [hr])
-    return rows, ["bicubic"] + [c["name"] for c in cards] + ["original"]
+    return rows, ["bicubic"] + [job.name for job in jobs] + ["original"]
 
 
-def _columns(rows: list[list[np.ndarray]], labels: list[str], keep: list[int]):
+def columns(rows: list[list[np.ndarray]], labels: list[str], keep: list[int]):
     return grid([[row[j] for j in keep] for row in rows], col_labels=[labels[j] for j in keep])
 
 
@@ -152,35 +199,50 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def metrics_row(card: dict[str, Any]) -> str:
+def upscale_figures(h: dict[str, Any]) -> str:
+    peers = ", ".join(f"{k.upper()} {_fmt(v.get('psnr_y'))}" for k, v in (h.get("anchors") or {}).items())
+    return (f"Y-PSNR {_fmt(h.get('psnr_y'))} dB vs bicubic {_fmt(h.get('bicubic_psnr_y'))} dB "
+            f"(+{_fmt((h.get('psnr_y') or 0) - (h.get('bicubic_psnr_y') or 0))}); SSIM {_fmt(h.get('ssim_y'), '.3f')}"
+            + (f"; {peers}" if peers else ""))
+
+
+def paired_figures(h: dict[str, Any]) -> str:
+    return (f"PSNR {_fmt(h.get('psnr'))} dB vs grayscale input {_fmt(h.get('input_psnr'))} dB; colourfulness "
+            f"{_fmt(h.get('colourfulness'), '.1f')} (photos {_fmt(h.get('target_colourfulness'), '.1f')})")
+
+
+def cycle_figures(h: dict[str, Any]) -> str:
+    dom = h.get("domains") or {"a": "A", "b": "B"}
+    return (f"{dom['a']}->{dom['b']} {_fmt(100 * h.get('a2b_target_share', 0), '.1f')}% / "
+            f"{dom['b']}->{dom['a']} {_fmt(100 * h.get('b2a_target_share', 0), '.1f')}% classified as target; "
+            f"cycle L1 {_fmt(h.get('cycle_l1_a'), '.3f')} / {_fmt(h.get('cycle_l1_b'), '.3f')}")
+
+
+def generate_figures(h: dict[str, Any]) -> str:
+    return (f"{_fmt(100 * h.get('class_match', 0), '.1f')}% class match; Frechet distance "
+            f"{_fmt(h.get('frechet_distance'), '.1f')} (real-data floor "
+            f"{_fmt(h.get('frechet_distance_real_train'), '.1f')})")
+
+
+# which headline figures a held-out block has -> how they read (the evaluators write these keys)
+FIGURES: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("psnr_y", upscale_figures), ("cycle_l1_a", cycle_figures), ("class_match", generate_figures),
+    ("psnr", paired_figures))
+
+
+def metrics_row(card: Card | dict[str, Any]) -> str:
     """One Markdown table row: the model's held-out headline figures (docs/model-card.md)."""
-    h = (card.get("metrics") or {}).get("heldout") or {}
-    family, endpoint = card.get("family"), card.get("endpoint")
+    doc = card.to_dict() if isinstance(card, Card) else card
+    h = (doc.get("metrics") or {}).get("heldout") or {}
     if not h:
         figures = "not evaluated (`python -m training eval NAME`)"
-    elif endpoint == "upscale":
-        peers = ", ".join(f"{k.upper()} {_fmt(v.get('psnr_y'))}" for k, v in (h.get("anchors") or {}).items())
-        figures = (f"Y-PSNR {_fmt(h.get('psnr_y'))} dB vs bicubic {_fmt(h.get('bicubic_psnr_y'))} dB "
-                   f"(+{_fmt((h.get('psnr_y') or 0) - (h.get('bicubic_psnr_y') or 0))}); SSIM {_fmt(h.get('ssim_y'), '.3f')}"
-                   + (f"; {peers}" if peers else ""))
-    elif family == "pix2pix":
-        figures = (f"PSNR {_fmt(h.get('psnr'))} dB vs grayscale input {_fmt(h.get('input_psnr'))} dB; "
-                   f"colourfulness {_fmt(h.get('colourfulness'), '.1f')} (photos {_fmt(h.get('target_colourfulness'), '.1f')})")
-    elif family == "cyclegan":
-        dom = h.get("domains") or {"a": "A", "b": "B"}
-        figures = (f"{dom['a']}->{dom['b']} {_fmt(100 * h.get('a2b_target_share', 0), '.1f')}% / "
-                   f"{dom['b']}->{dom['a']} {_fmt(100 * h.get('b2a_target_share', 0), '.1f')}% classified as target; "
-                   f"cycle L1 {_fmt(h.get('cycle_l1_a'), '.3f')} / {_fmt(h.get('cycle_l1_b'), '.3f')}")
-    elif endpoint == "generate":
-        figures = (f"{_fmt(100 * h.get('class_match', 0), '.1f')}% class match; Frechet distance "
-                   f"{_fmt(h.get('frechet_distance'), '.1f')} (real-data floor {_fmt(h.get('frechet_distance_real_train'), '.1f')})")
     else:
-        figures = "n/a"
-    size = sum(int(f.get("bytes") or 0) for f in (card.get("files") or {}).values()) / 1e6
-    return f"| `{card['name']}` | {endpoint} | {family} | {figures} | {size:.1f} MB |"
+        figures = next((show(h) for key, show in FIGURES if key in h), "n/a")
+    size = sum(int(f.get("bytes") or 0) for f in (doc.get("files") or {}).values()) / 1e6
+    return f"| `{doc['name']}` | {doc.get('endpoint')} | {doc.get('family')} | {figures} | {size:.1f} MB |"
 
 
-def metrics_table(cards: list[dict[str, Any]]) -> str:
+def metrics_table(cards: list[Card | dict[str, Any]]) -> str:
     head = "| model | endpoint | family | held-out metrics | ONNX |\n|---|---|---|---|---|"
     return "\n".join([head] + [metrics_row(c) for c in cards])
 
@@ -193,11 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="models")
     p.add_argument("--out", default="docs/samples", help="folder for NAME.png (default docs/samples)")
     p.add_argument("--data-root", help="dataset root (default: the one in each card's training config)")
-    p.add_argument("--n", type=int, default=8, help="held-out images per sheet (default 8; photos: 4)")
+    p.add_argument("--n", type=int, default=8, help=f"held-out images per sheet (default 8; photos: {PHOTOS_MAX})")
     p.add_argument("--crop", type=int, default=192, help="upscale/colorize: crop edge in output pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", action="store_true", help="only print the metrics table")
     return p
+
+
+def draw_sheets(models: Path, names: list[str], out: Path, n: int = 8, crop: int = 192, seed: int = 0,
+                data_root: str | None = None, log=print) -> dict[str, Path]:
+    """Draw every named model's sheet (each family's sheet maker called once, with all its models); {stem: png}."""
+    groups: dict[Callable[..., Any], list[SheetJob]] = {}
+    for name in names:
+        served = load_served(models / name)
+        maker = family_of(served.card).sheet_maker()
+        groups.setdefault(maker, []).append(SheetJob(served, n=n, crop=crop, seed=seed, data_root=data_root))
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for maker, jobs in groups.items():
+        for stem, img in maker(jobs).items():
+            written[stem] = path = out / f"{stem}.png"
+            img.save(path, optimize=True)
+            log(f"wrote {path} ({img.width}x{img.height})")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,42 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(args.models)
     names = args.names or sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
     try:
-        cards = {name: verify_model_dir(models / name) for name in names}
-        print(metrics_table(list(cards.values())))
-        if args.table:
-            return 0
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        photos = min(args.n, 4)
-        ups = []
-        for name, card in cards.items():
-            sessions = {role: session(models / name / e["path"]) for role, e in card["files"].items()}
-            family, endpoint = card.get("family"), card.get("endpoint")
-            if endpoint == "generate":
-                img = sheet_generate(card, sessions, args.n, args.seed)
-            else:
-                data = data_config(card, args.data_root)
-                if endpoint == "upscale":  # drawn below, every upscale model run once on the same crops
-                    ups.append((card, sessions, data))
-                    continue
-                if family == "pix2pix":
-                    img = sheet_pix2pix(card, sessions, data, photos, args.crop)
-                elif family == "cyclegan":
-                    img = sheet_cyclegan(card, sessions, data, args.n)
-                else:
-                    raise EvalError(f"no sample sheet for family {family!r} / endpoint {endpoint!r}")
-            img.save(out / f"{name}.png", optimize=True)
-            print(f"wrote {out / f'{name}.png'} ({img.width}x{img.height})")
-        if ups:
-            rows, labels = upscale_rows([u[0] for u in ups], [u[1] for u in ups], ups[0][2], photos, args.crop)
-            sheets = {card["name"]: [0, i + 1, len(labels) - 1] for i, (card, _, _) in enumerate(ups)}
-            if len(ups) > 1:
-                sheets["upscale-compare"] = list(range(len(labels)))
-            for stem, keep in sheets.items():
-                img = _columns(rows, labels, keep)
-                img.save(out / f"{stem}.png", optimize=True)
-                print(f"wrote {out / f'{stem}.png'} ({img.width}x{img.height})")
-    except (EvalError, ExportError, ModelDirError, ValueError, OSError) as e:
+        cards = [verify_model_dir(models / name) for name in names]
+        print(metrics_table(cards))
+        if not args.table:
+            draw_sheets(models, names, Path(args.out), args.n, args.crop, args.seed, args.data_root)
+    except (EvalError, ModelDirError, CardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,13 +213,37 @@ def build_reader(cfg: RunConfig, split: str = "train"):
 
 def train(cfg: RunConfig, resume: bool = False, out_dir: str | None = None, log=print) -> Path:
     """Run (or continue) a training run; returns the run folder."""
-    info, device = init_distributed(cfg.train.device)
-    run_dir = Path(out_dir or cfg.train.out_dir)
-    t = cfg.train
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    run = _setup(cfg, resume, out_dir, log)
+    _run_steps(run, log)
+    _finish(run, log)
+    return run.run_dir
 
+
+@dataclass
+class _Run:
+    """What the phases of `train` share."""
+    cfg: RunConfig
+    info: DistInfo
+    device: torch.device
+    run_dir: Path
+    recipe: Any
+    loader: torch.utils.data.DataLoader
+    fixed: dict[str, torch.Tensor]
+    metrics: MetricsLog | None
+    meta: dict
+    start_step: int
+    step: int  # the step reached so far: the loop advances it, an interruption checkpoints it
+
+
+@dataclass
+class _Window:
+    """Steps since the last metrics row, for its it/s."""
+    t: float
+    steps: int = 0
+
+
+def _resume_point(cfg: RunConfig, run_dir: Path, resume: bool, info: DistInfo, log) -> tuple[int, dict | None]:
+    """(step, checkpoint payload) to start from: the newest valid checkpoint when resuming, else (0, None)."""
     start_step, payload = 0, None
     if resume:
         found = ckpt.latest_valid(run_dir, log=log)
@@ -232,6 +257,19 @@ def train(cfg: RunConfig, resume: bool = False, out_dir: str | None = None, log=
                 log(f"resuming from {path} (step {start_step})")
         elif info.main:
             log(f"no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+    return start_step, payload
+
+
+def _setup(cfg: RunConfig, resume: bool, out_dir: str | None, log) -> _Run:
+    """Processes and device, resume point, recipe, data loader, run folder and metadata."""
+    info, device = init_distributed(cfg.train.device)
+    run_dir = Path(out_dir or cfg.train.out_dir)
+    t = cfg.train
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+    start_step, payload = _resume_point(cfg, run_dir, resume, info, log)
 
     torch.manual_seed(init_seed(cfg.seed))  # network init: identical on every rank
     recipe = get_recipe_class(cfg.family)(cfg, device, distributed=info.world > 1)
@@ -255,48 +293,38 @@ def train(cfg: RunConfig, resume: bool = False, out_dir: str | None = None, log=
             f"processes {info.world}, {len(reader)} training samples, run dir {run_dir}")
 
     meta = {"git_commit": git_commit(), "torch": str(torch.__version__), "dataset": dataset_manifest(cfg.data.get("root"))}
+    return _Run(cfg, info, device, run_dir, recipe, loader, fixed, metrics, meta, start_step, step=start_step)
 
-    def save(step: int) -> None:
-        if not info.main:
-            return
-        state = recipe.state_dict()
-        ckpt.save(ckpt.step_path(run_dir, step), {"family": cfg.family, "config": cfg.to_dict(), "step": step,
-                                                   "meta": meta, **state})
-        ckpt.prune(run_dir, t.keep_ckpts)
 
-    def on_signal(signum, frame):
-        raise _Stop(signal.Signals(signum).name)
+def _save(run: _Run, step: int) -> None:
+    """Checkpoint `step` (rank 0 only) and prune to train.keep_ckpts."""
+    if not run.info.main:
+        return
+    cfg = run.cfg
+    state = run.recipe.state_dict()
+    ckpt.save(ckpt.step_path(run.run_dir, step), {"family": cfg.family, "config": cfg.to_dict(), "step": step,
+                                                   "meta": run.meta, **state})
+    ckpt.prune(run.run_dir, cfg.train.keep_ckpts)
 
-    old_term = signal.signal(signal.SIGTERM, on_signal) if info.main else None
-    progress = _progress(start_step, t.steps, info.main)
-    step = start_step
-    window_t, window_steps = time.perf_counter(), 0
+
+def _on_signal(signum, frame):
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _run_steps(run: _Run, log) -> None:
+    """The step loop with SIGTERM/SIGINT turned into a checkpoint and exit 130; DDP torn down after it."""
+    info = run.info
+    old_term = signal.signal(signal.SIGTERM, _on_signal) if info.main else None
+    progress = _progress(run.start_step, run.cfg.train.steps, info.main)
+    window = _Window(time.perf_counter())
     started = time.perf_counter()
     try:
-        for batch in loader:
-            torch.manual_seed(_mix(cfg.seed, step + 1, info.rank))
-            losses = recipe.train_step(recipe.to_device(batch), step)
-            recipe.end_step()
-            step += 1
-            window_steps += 1
-            if info.main:
-                progress.update(1)
-                if step % t.log_every == 0 or step == t.steps:
-                    now = time.perf_counter()
-                    rate = window_steps / max(now - window_t, 1e-9)
-                    window_t, window_steps = now, 0
-                    progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-                    metrics.write({"step": step, "elapsed_s": round(now - started, 2), "it_s": round(rate, 3),
-                                   "lr": recipe.lr(), **{k: round(v, 6) for k, v in losses.items()}})
-                if step % t.sample_every == 0 or step == t.steps:
-                    images, nrow = recipe.sample_grid(fixed)
-                    save_grid(images, nrow, run_dir / "samples" / f"step_{step:08d}.png")
-            if step % t.ckpt_every == 0 or step == t.steps:
-                save(step)
+        for batch in run.loader:
+            _one_step(run, batch, window, started, progress)
     except (KeyboardInterrupt, _Stop) as e:
         if info.main:
-            log(f"\ninterrupted ({e or 'SIGINT'}) at step {step}: saving a checkpoint")
-        save(step)
+            log(f"\ninterrupted ({e or 'SIGINT'}) at step {run.step}: saving a checkpoint")
+        _save(run, run.step)
         raise SystemExit(130)
     finally:
         progress.close()
@@ -306,10 +334,39 @@ def train(cfg: RunConfig, resume: bool = False, out_dir: str | None = None, log=
             if sys.exc_info()[0] is None:
                 dist.barrier()  # rank 0 may still be writing the last checkpoint
             dist.destroy_process_group()
-    if info.main and (run_dir / "metrics.csv").exists():
+
+
+def _one_step(run: _Run, batch: dict[str, torch.Tensor], window: _Window, started: float, progress) -> None:
+    """One training step, then its metrics row, sample grid and checkpoint when they are due."""
+    cfg, t, info, recipe = run.cfg, run.cfg.train, run.info, run.recipe
+    torch.manual_seed(_mix(cfg.seed, run.step + 1, info.rank))
+    losses = recipe.train_step(recipe.to_device(batch), run.step)
+    recipe.end_step()
+    run.step += 1
+    step = run.step
+    window.steps += 1
+    if info.main:
+        progress.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+            now = time.perf_counter()
+            rate = window.steps / max(now - window.t, 1e-9)
+            window.t, window.steps = now, 0
+            progress.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+            run.metrics.write({"step": step, "elapsed_s": round(now - started, 2), "it_s": round(rate, 3),
+                               "lr": recipe.lr(), **{k: round(v, 6) for k, v in losses.items()}})
+        if step % t.sample_every == 0 or step == t.steps:
+            images, nrow = recipe.sample_grid(run.fixed)
+            save_grid(images, nrow, run.run_dir / "samples" / f"step_{step:08d}.png")
+    if step % t.ckpt_every == 0 or step == t.steps:
+        _save(run, step)
+
+
+def _finish(run: _Run, log) -> None:
+    """Rank 0: the loss plot and the closing line."""
+    run_dir = run.run_dir
+    if run.info.main and (run_dir / "metrics.csv").exists():
         plot_losses(run_dir / "metrics.csv", run_dir / "losses.png")
-        log(f"done: {step} steps; checkpoints in {run_dir / 'checkpoints'}, samples in {run_dir / 'samples'}")
-    return run_dir
+        log(f"done: {run.step} steps; checkpoints in {run_dir / 'checkpoints'}, samples in {run_dir / 'samples'}")
 
 
 def _progress(start: int, total: int, enabled: bool):

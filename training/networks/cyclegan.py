@@ -11,6 +11,7 @@ from .layers import norm_layer
 
 @dataclass
 class ResnetConfig:
+    arch: str = "resnet"
     in_channels: int = 3
     out_channels: int = 3
     ngf: int = 64
@@ -41,6 +42,8 @@ class ResnetBlock(nn.Module):
 
 class ResnetGenerator(nn.Module):
     """image[N, in, H, W] -> image[N, out, H, W]; H and W multiples of 2**n_downsampling."""
+
+    Config = ResnetConfig
 
     def __init__(self, cfg: ResnetConfig):
         super().__init__()

@@ -16,6 +16,7 @@ from .layers import norm_layer
 
 @dataclass
 class UNetConfig:
+    arch: str = "unet"
     in_channels: int = 3
     out_channels: int = 3
     num_downs: int = 8  # 8 -> inputs must be multiples of 256 (1x1 bottleneck at 256x256)
@@ -60,6 +61,8 @@ class UNetBlock(nn.Module):
 
 class UNetGenerator(nn.Module):
     """image[N, in, H, W] -> image[N, out, H, W]; H and W multiples of 2**num_downs."""
+
+    Config = UNetConfig
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()

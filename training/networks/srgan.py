@@ -13,6 +13,7 @@ from .layers import norm_layer
 
 @dataclass
 class SRResNetConfig:
+    arch: str = "srresnet"
     in_channels: int = 3
     out_channels: int = 3
     nf: int = 64
@@ -22,6 +23,10 @@ class SRResNetConfig:
     # "bicubic": the network learns a residual over bicubic upsampling of its input, and its last
     # conv starts at zero, so training starts from bicubic quality (VDSR's global skip). "none": the paper's.
     skip: str = "none"
+
+    @property
+    def multiple_of(self) -> int:
+        return 1
 
 
 class SRResidualBlock(nn.Module):
@@ -38,6 +43,8 @@ class SRResidualBlock(nn.Module):
 
 class SRResNet(nn.Module):
     """lr[N, C, h, w] in [-1, 1] -> sr[N, C, h*scale, w*scale] (linear output, nominally [-1, 1])."""
+
+    Config = SRResNetConfig
 
     def __init__(self, cfg: SRResNetConfig):
         super().__init__()

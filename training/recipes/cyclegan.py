@@ -6,14 +6,17 @@ Naming as in junyanz: G_A: A -> B, G_B: B -> A, D_A judges domain B, D_B judges 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..config import coerce
 from ..losses import GANLoss, ImagePool
-from ..networks.cyclegan import ResnetConfig, ResnetGenerator
+from ..networks.cyclegan import ResnetConfig
+from ..networks.registry import arch_config, build_generator
 from ..networks.layers import init_weights
 from ..networks.pix2pix import PatchConfig, PatchDiscriminator
 from .base import IMAGE_AXES, ExportSpec, Recipe, image_io
@@ -26,7 +29,7 @@ class CycleGANModel:
     native_size: list[int] | None = None  # [H, W] the model was trained at (the card tells the service)
 
     def __post_init__(self):
-        self.generator = coerce(ResnetConfig, self.generator, "generator")
+        self.generator = arch_config(self.generator, "resnet")
         self.discriminator = coerce(PatchConfig, self.discriminator or {"norm": "instance"}, "discriminator")
         self.discriminator.in_channels = self.generator.out_channels
 
@@ -48,9 +51,9 @@ class CycleGANRecipe(Recipe):
 
     def build(self) -> None:
         g, d = self.cfg.model.generator, self.cfg.model.discriminator
-        back = coerce(ResnetConfig, {**vars(g), "in_channels": g.out_channels, "out_channels": g.in_channels}, "g")
-        self.nets["G_A"] = init_weights(ResnetGenerator(g))
-        self.nets["G_B"] = init_weights(ResnetGenerator(back))
+        back = arch_config({**vars(g), "in_channels": g.out_channels, "out_channels": g.in_channels}, g.arch, "g")
+        self.nets["G_A"] = init_weights(build_generator(g))
+        self.nets["G_B"] = init_weights(build_generator(back))
         self.nets["D_A"] = init_weights(PatchDiscriminator(d))
         self.nets["D_B"] = init_weights(PatchDiscriminator(coerce(PatchConfig, {**vars(d), "in_channels": g.in_channels}, "d")))
         self.gan = GANLoss(self.cfg.loss.gan_mode)
@@ -112,6 +115,28 @@ class CycleGANRecipe(Recipe):
             size = native or [4 * m, 4 * m]
             specs[role] = ExportSpec(self.nets[net], (torch.randn(1, cin, *size),), ["image"], IMAGE_AXES, card)
         return specs
+
+    def card_fields(self):
+        """What the domains are: Fashion-MNIST class names, "horse"/"zebra" from a "horse2zebra" root, else A/B."""
+        from ..data import FASHION_MNIST_CLASSES
+        data = self.cfg.data
+        if data.get("kind") == "fashion_mnist_domains":
+            return {"domains": {"a": FASHION_MNIST_CLASSES[int(data.get("class_a", 7))],
+                                "b": FASHION_MNIST_CLASSES[int(data.get("class_b", 9))]}}
+        stem = Path(str(data.get("root", ""))).name
+        if re.fullmatch(r"[A-Za-z0-9_-]+2[A-Za-z0-9_-]+", stem or ""):
+            a, b = stem.split("2", 1)
+            return {"domains": {"a": a, "b": b}}
+        return {"domains": {"a": "A", "b": "B"}}
+
+    @classmethod
+    def tiny_config(cls, data):
+        return {"family": "cyclegan",
+                "data": {"kind": "fashion_mnist_domains", "root": str(data["fashion"]), "class_a": 7, "class_b": 9,
+                         "image_size": 28},
+                "model": {"generator": {"in_channels": 1, "out_channels": 1, "ngf": 4, "n_blocks": 2},
+                          "discriminator": {"ndf": 4, "n_layers": 2, "norm": "instance"}, "native_size": [28, 28]},
+                "loss": {"pool_size": 4}}
 
     def extra_state(self):
         return {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}

@@ -87,3 +87,18 @@ class DCGANRecipe(Recipe):
         }
         return {"generator": ExportSpec(self.nets["G"], (z, label), ["z", "label"],
                                         {"z": {0: "N"}, "label": {0: "N"}, "output": {0: "N"}}, card)}
+
+    def card_fields(self):
+        """Class names: Fashion-MNIST's when the run's data is it with its 10 classes, else "0".."K-1"."""
+        from ..data import FASHION_MNIST_CLASSES
+        k = int(self.cfg.model.num_classes)
+        if self.cfg.data.get("kind") == "fashion_mnist" and k == len(FASHION_MNIST_CLASSES):
+            return {"classes": list(FASHION_MNIST_CLASSES)}
+        return {"classes": [str(i) for i in range(k)]}
+
+    @classmethod
+    def tiny_config(cls, data):
+        return {"family": "dcgan", "data": {"kind": "fashion_mnist", "root": str(data["fashion"]), "image_size": 32},
+                "model": {"latent_dim": 8, "num_classes": 10, "channels": 1, "image_size": 32, "ngf": 8, "ndf": 8,
+                          "embed_dim": 4, "minibatch_std": True},
+                "loss": {"real_label": 0.9, "mode_seeking": 1.0}}

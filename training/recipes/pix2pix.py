@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from ..config import coerce
 from ..losses import GANLoss
 from ..networks.layers import init_weights
-from ..networks.pix2pix import PatchConfig, PatchDiscriminator, UNetConfig, UNetGenerator
+from ..networks.pix2pix import PatchConfig, PatchDiscriminator, UNetConfig
+from ..networks.registry import arch_config, build_generator
 from .base import IMAGE_AXES, ExportSpec, Recipe, image_io
 
 
@@ -19,7 +20,7 @@ class Pix2PixModel:
     discriminator: PatchConfig = None
 
     def __post_init__(self):
-        self.generator = _as(UNetConfig, self.generator)
+        self.generator = arch_config(self.generator, "unet")
         self.discriminator = _as(PatchConfig, self.discriminator)
         # the conditional D sees input and output stacked
         self.discriminator.in_channels = self.generator.in_channels + self.generator.out_channels
@@ -42,7 +43,7 @@ class Pix2PixRecipe(Recipe):
     endpoint = "translate"
 
     def build(self) -> None:
-        self.nets["G"] = init_weights(UNetGenerator(self.cfg.model.generator))
+        self.nets["G"] = init_weights(build_generator(self.cfg.model.generator))
         self.nets["D"] = init_weights(PatchDiscriminator(self.cfg.model.discriminator))
         self.gan = GANLoss(self.cfg.loss.gan_mode)
         self.adam("G", [self.nets["G"]], self.cfg.train.lr_g)
@@ -88,3 +89,14 @@ class Pix2PixRecipe(Recipe):
         }
         return {"generator": ExportSpec(self.nets["G"], (torch.randn(1, g.in_channels, m, m),), ["image"],
                                         IMAGE_AXES, card)}
+
+    # the reference code runs batch norm on batch statistics at test time; the exported graph does not
+    batch_norm_note = (" (the pix2pix reference runs batch norm on batch statistics at test time; here outputs"
+                       " do not depend on the batch, and onnxruntime was checked against torch eval mode)")
+
+    @classmethod
+    def tiny_config(cls, data):
+        return {"family": "pix2pix",
+                "data": {"kind": "colorization", "root": str(data["photos"]), "load_size": None, "crop_size": 32},
+                "model": {"generator": {"in_channels": 1, "out_channels": 3, "num_downs": 5, "ngf": 4},
+                          "discriminator": {"ndf": 4, "n_layers": 2}}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +19,20 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt
 from ..config import coerce
 from ..losses import GANLoss, VGGFeatureLoss, default_vgg19_path, feature_matching_loss
+from ..metrics import psnr_from_mse
 from ..networks.layers import init_weights
-from ..networks.srgan import SRDiscriminator, SRDiscriminatorConfig, SRResNet, SRResNetConfig
+from ..networks.registry import arch_config, build_generator
+from ..networks.srgan import SRDiscriminator, SRDiscriminatorConfig
 from .base import IMAGE_AXES, ExportSpec, Recipe, image_io
 
 
 @dataclass
 class SRGANModel:
-    generator: SRResNetConfig = None
+    generator: Any = None  # the arch's config (networks/registry.py): srresnet (default) or rrdb
     discriminator: SRDiscriminatorConfig = None
 
     def __post_init__(self):
-        self.generator = coerce(SRResNetConfig, self.generator, "generator")
+        self.generator = arch_config(self.generator, "srresnet")
         self.discriminator = coerce(SRDiscriminatorConfig, self.discriminator, "discriminator")
 
 
@@ -56,7 +59,7 @@ class SRGANRecipe(Recipe):
         if L.stage not in ("pretrain", "gan"):
             raise ValueError(f"loss.stage must be pretrain or gan, got {L.stage!r}")
         # PyTorch default init: the N(0, 0.02) GAN init makes a 16-block residual net train slowly
-        self.nets["G"] = SRResNet(self.cfg.model.generator)
+        self.nets["G"] = build_generator(self.cfg.model.generator)
         self.adam("G", [self.nets["G"]], self.cfg.train.lr_g)
         self.content_mode = "none"
         if L.stage == "gan":
@@ -87,6 +90,10 @@ class SRGANRecipe(Recipe):
         payload = ckpt.load(self.cfg.loss.init_from)
         if payload.get("family") != "srgan":
             raise ValueError(f"{self.cfg.loss.init_from}: not an srgan checkpoint ({payload.get('family')})")
+        arch = ((payload.get("config") or {}).get("model") or {}).get("generator", {}).get("arch", "srresnet")
+        if arch != self.cfg.model.generator.arch:
+            raise ValueError(f"{self.cfg.loss.init_from}: its generator is {arch!r}, this run's is "
+                             f"{self.cfg.model.generator.arch!r} (model.generator.arch)")
         self.nets["G"].load_state_dict(payload["nets"]["G"])
 
     def train_step(self, batch, step):
@@ -131,18 +138,27 @@ class SRGANRecipe(Recipe):
         return torch.stack([up, sr, hr], 1).flatten(0, 1), 3
 
     def export_specs(self):
-        g: SRResNetConfig = self.cfg.model.generator
-        card = {"input": image_io(g.in_channels, multiple_of=1, min_size=4, native_size=None),
+        g = self.cfg.model.generator
+        card = {"input": image_io(g.in_channels, multiple_of=g.multiple_of, min_size=max(4, g.multiple_of),
+                                  native_size=None),
                 "output": image_io(g.out_channels, scale=g.scale),
                 "tiling": {"tile": 128, "overlap": 12}}
         return {"generator": ExportSpec(self.nets["G"], (torch.randn(1, g.in_channels, 24, 24),), ["image"],
                                         IMAGE_AXES, card)}
 
+    def description_extra(self) -> str:
+        return f" x{self.cfg.model.generator.scale}"
+
+    @classmethod
+    def tiny_config(cls, data):
+        return {"family": "srgan", "data": {"kind": "hr_folder", "root": str(data["photos"]), "hr_size": 32, "scale": 4},
+                "model": {"generator": {"nf": 8, "n_blocks": 2, "scale": 4}, "discriminator": {"ndf": 4}},
+                "loss": {"stage": "pretrain"}}
+
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [-1, 1] (a training-progress figure, RGB, no border crop)."""
-    mse = F.mse_loss(a.clamp(-1, 1), b).clamp_min(1e-10)
-    return 10 * torch.log10(4.0 / mse)
+    """PSNR in dB of images in [-1, 1] (a training-progress figure, RGB, no border crop): training/metrics.py's."""
+    return torch.tensor(psnr_from_mse(float(F.mse_loss(a.clamp(-1, 1), b)), peak=2.0))
 
 
 def _logits_and_features(D: SRDiscriminator, x: torch.Tensor):

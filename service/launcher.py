@@ -1,0 +1,79 @@
+"""Start a real `bentoml serve service.service:Ganforge` on a loopback port and wait for /readyz.
+
+Shared by the tests, bench/ and soak/. No torch and no bentoml import here:
+the server runs as a subprocess (the `bentoml` next to sys.executable, cwd =
+the repository root); httpx is imported inside `running_server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent  # the repository root (service/..)
+BENTOML = Path(sys.executable).parent / "bentoml"
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(models: Path, tmp: Path, **env_overrides: str):
+    """`bentoml serve service.service:Ganforge` on a free loopback port, ready; yields (base_url, log_path)."""
+    import httpx
+
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    env = {
+        **os.environ,
+        "GANFORGE_MODELS_DIR": str(models),
+        "GANFORGE_DEVICE": "auto",
+        "BENTOML_HOME": str(tmp / "bentoml_home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        **env_overrides,
+    }
+    if "GANFORGE_AUTH_TOKEN" not in env_overrides:
+        env.pop("GANFORGE_AUTH_TOKEN", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)  # polling interval, not an assertion
+        yield base, log_path
+    finally:
+        stop_process_group(proc)

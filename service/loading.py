@@ -1,0 +1,324 @@
+"""One served model: read its card (through `contract`), verify its files, open its sessions.
+
+The card is read and validated by `contract.folder.read_card` and nothing else. A model
+whose card is invalid or whose file is missing, corrupt or sha256-mismatched is still a
+`ServedModel`, `unavailable` with a reason, so the others serve. Each ONNX file is read
+once, its sha256 checked on those very bytes, and the same bytes handed to onnxruntime
+(`runtime.make_session`), so what runs is what was verified.
+
+What a pipeline needs (`ImageSpec`, `GenerateSpec`) is derived here from the typed card
+plus the settings' tile overrides; `ServedModel.provider` is what `session.get_providers()`
+says actually runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from contract import Card, CardError, CardUnreadable
+from contract.folder import read_card, sha256_bytes
+
+from .batching import SessionBatcher
+from .config import Settings
+from .runtime import CPU, CUDA, make_session, session_options
+
+logger = logging.getLogger("bentoml.ganforge")
+
+# the card's blocks GET /models shows as they are (after endpoint and default), in this order
+PUBLIC_CARD_KEYS = ("family", "description", "version", "exported_at", "opset", "runtimes", "graph", "input",
+                    "output", "tiling", "latent_dim", "classes", "domains", "metrics")
+PUBLIC_VARIANT_KEYS = ("produced", "max_abs", "psnr_vs_fp32_db", "speedup")
+PUBLIC_TRAINING_KEYS = ("dataset", "steps", "git_commit")
+# what /upscale and /translate use when neither the card nor GANFORGE_TILE / _OVERLAP say
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 16
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How to feed an image model (translate, upscale), all from its card."""
+
+    input_name: str
+    output_name: str
+    in_channels: int
+    in_range: tuple[float, float]
+    multiple_of: int
+    min_size: int
+    native_size: tuple[int, int] | None  # (H, W)
+    out_channels: int
+    out_range: tuple[float, float]
+    scale: int
+    tile: int
+    overlap: int
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """How to feed a generator graph: z [N, latent_dim] (+ label [N]) -> [N, C, H, W]."""
+
+    z_name: str
+    label_name: str | None
+    output_name: str
+    latent_dim: int
+    classes: tuple[str, ...]
+    out_channels: int
+    out_range: tuple[float, float]
+    size: tuple[int, int] | None  # (H, W)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    card: Card | None = None  # None: card.json is missing, unreadable or invalid (see reason)
+    status: str = "unavailable"  # ready | unavailable
+    reason: str | None = None
+    provider: str | None = None
+    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict, repr=False)
+    runners: dict[str, SessionBatcher] = field(default_factory=dict, repr=False)
+    image_spec: ImageSpec | None = None
+    generate_spec: GenerateSpec | None = None
+    fingerprint: tuple | None = field(default=None, repr=False)  # registry.folder_fingerprint() before the read
+    loaded_at: str | None = None
+    warning: str | None = None  # a newer copy on disk failed to load; this one still serves
+    precision: str = "fp32"  # the variant whose files run (GANFORGE_PRECISION)
+    precision_note: str | None = None  # why it is not the precision GANFORGE_PRECISION asked for
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.card.endpoint if self.card is not None else None
+
+    @property
+    def version(self) -> str | None:
+        return self.card.version if self.card is not None else None
+
+    @property
+    def is_default(self) -> bool:
+        """The card says: serve me when a request to my endpoint names no model."""
+        return self.card is not None and self.card.default
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return self.card.directions if self.card is not None else ()
+
+    def close(self) -> None:
+        """Stop the batcher threads (requests still holding this model then run unbatched)."""
+        for runner in self.runners.values():
+            runner.close()
+
+    def public(self) -> dict[str, Any]:
+        """What GET /models shows: the card's public fields plus serving state."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "provider": self.provider,
+            "loaded_at": self.loaded_at,
+        }
+        if self.warning:
+            out["warning"] = self.warning
+        out["precision"] = self.precision
+        if self.precision_note:
+            out["precision_note"] = self.precision_note
+        card = self.card.to_dict() if self.card is not None else {}
+        if "variants" in card:
+            out["variants"] = {name: {k: v[k] for k in PUBLIC_VARIANT_KEYS if k in v}
+                               for name, v in card["variants"].items()}
+        if "endpoint" in card:
+            out["endpoint"] = card["endpoint"]
+        out["default"] = self.is_default
+        out.update((key, card[key]) for key in PUBLIC_CARD_KEYS if key in card)
+        if self.directions:
+            out["directions"] = list(self.directions)
+        if self.runners:
+            out["batching"] = {role: runner.describe() for role, runner in self.runners.items()}
+        if "training" in card:
+            out["training"] = {k: card["training"][k] for k in PUBLIC_TRAINING_KEYS if k in card["training"]}
+        if self.card is not None:
+            out["files"] = {role: {"sha256": f.sha256, "bytes": f.bytes} for role, f in self.card.files.items()}
+        return out
+
+
+# ------------------------------------------------------------------ specs from the typed card
+
+
+def padded_min(min_size: int, multiple_of: int) -> int:
+    return math.ceil(min_size / multiple_of) * multiple_of
+
+
+def image_spec(card: Card, default_tile: int, default_overlap: int) -> ImageSpec:
+    """An image model's spec; `default_tile` (0: the card's) and `default_overlap` (-1: the card's) are
+    GANFORGE_TILE / GANFORGE_TILE_OVERLAP."""
+    assert card.input is not None  # the contract: an image model has an input block
+    multiple_of, min_size, native = card.input.multiple_of, card.input.min_size, card.input.native_size
+    tile = default_tile or (card.tiling.tile if card.tiling is not None else DEFAULT_TILE)
+    # whole multiples, so inner tiles need no padding; never below the graph's minimum
+    tile = max(tile // multiple_of * multiple_of, padded_min(min_size, multiple_of))
+    if native is not None:
+        tile = max(tile, *native)  # a model trained at one size runs whole at that size, never tiled
+    overlap = default_overlap if default_overlap >= 0 else (
+        card.tiling.overlap if card.tiling is not None else DEFAULT_OVERLAP)
+    return ImageSpec(
+        input_name=card.graph.inputs[0].name,
+        output_name=card.graph.output_name,
+        in_channels=card.input.channels,
+        in_range=card.input.range,
+        multiple_of=multiple_of,
+        min_size=min_size,
+        native_size=native,
+        out_channels=card.output.channels,
+        out_range=card.output.range,
+        scale=card.scale,
+        tile=tile,
+        overlap=min(overlap, tile // 2),
+    )
+
+
+def generate_spec(card: Card) -> GenerateSpec:
+    inputs = card.graph.input_names()
+    return GenerateSpec(
+        z_name="z",
+        label_name="label" if "label" in inputs else None,
+        output_name=card.graph.output_name,
+        latent_dim=card.latent_dim,
+        classes=tuple(card.classes or ()),
+        out_channels=card.output.channels,
+        out_range=card.output.range,
+        size=card.output.size,
+    )
+
+
+# ------------------------------------------------------------------ files and precision
+
+
+# Which provider each reduced-precision variant is for: int8 QDQ graphs fuse into the CPU provider's
+# VNNI kernels; fp16 graphs (float32 inputs/outputs, fp16 inside) are for the CUDA provider's tensor
+# cores, and on the CPU provider they would only add casts.
+VARIANT_PROVIDER = {"int8": CPU, "fp16": CUDA}
+# GANFORGE_BATCH_MAX=0 (auto): batch up to this many rows on CUDA, where a merged run fills the GPU;
+# on the CPU provider a merged run was no faster per row and served 16 clients 0-10% slower (make bench,
+# serving), so auto is off there.
+AUTO_BATCH_MAX = 16
+
+
+def variant_files(card: Card, roles: dict[str, str], wanted: str,
+                  providers: list) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """role -> (file, sha256) of the `wanted` precision's files for `roles` (role -> the fp32 file);
+    fp32's and the reason when the variant cannot be used."""
+    fp32 = {role: (path, card.files[role].sha256) for role, path in roles.items()}
+    if wanted == "fp32":
+        return fp32, None
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    runs_on = VARIANT_PROVIDER[wanted]
+    if first != runs_on:
+        return fp32, f"{wanted} is a variant for {runs_on}; on {first} the fp32 graphs run"
+    variant = card.variants.get(wanted)
+    if variant is None or set(variant.files) != set(roles):
+        maker = "python -m training quantize" if wanted == "int8" else "python -m training export (--fp16)"
+        return fp32, f"the card has no {wanted} variant for every role ({maker} makes one)"
+    return {role: (variant.files[role].path, variant.files[role].sha256) for role in roles}, None
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel:
+    """Read, check and load one model folder at GANFORGE_PRECISION's precision; never raises for a bad model.
+
+    A requested variant that is missing from the card, or whose files fail (missing, sha256, onnxruntime),
+    falls back to the fp32 files with a warning; `precision` / `precision_note` say what runs and why.
+    """
+    wanted = settings.precision_for(folder.name)
+    model = _load_model(folder, settings, providers, wanted)
+    if wanted != "fp32" and not model.ready and model.precision == wanted:  # the variant's own files failed
+        note = f"the {wanted} variant failed to load ({model.reason})"
+        model.close()
+        model = _load_model(folder, settings, providers, "fp32")
+        model.precision_note = note
+    if model.precision_note and model.card is not None:
+        logger.warning("model %s: %s requested, serving %s: %s", folder.name, wanted, model.precision,
+                       model.precision_note)
+    return model
+
+
+def card_problem(exc: CardError) -> str:
+    """The reason a model is unavailable when its card cannot be read."""
+    if isinstance(exc, CardUnreadable):  # missing, not JSON, not an object: says so itself
+        return str(exc)
+    return f"invalid card: {exc}"
+
+
+def _load_model(folder: Path, settings: Settings, providers: list, wanted: str) -> ServedModel:
+    model = ServedModel(name=folder.name, loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    try:
+        card = read_card(folder, check_folder_name=True)
+    except OSError as exc:
+        model.reason = f"card.json is unreadable ({type(exc).__name__})"
+        return model
+    except CardError as exc:
+        model.reason = card_problem(exc)
+        return model
+    model.card = card
+    if card.endpoint == "generate":
+        model.generate_spec = generate_spec(card)
+    else:
+        model.image_spec = image_spec(card, settings.tile, settings.tile_overlap)
+    roles = {role: entry.path for role, entry in card.files.items()}
+    files, model.precision_note = variant_files(card, roles, wanted, providers)
+    if model.precision_note is None:
+        model.precision = wanted
+    if not _open_sessions(model, folder, files, settings, providers):
+        return model
+    if settings.device == "cuda" and model.provider != CUDA:
+        model.reason = f"GANFORGE_DEVICE=cuda but onnxruntime placed it on {model.provider}"
+        model.sessions.clear()
+        return model
+    batch_max = settings.batch_max or (AUTO_BATCH_MAX if model.provider == CUDA else 1)
+    if batch_max > 1:
+        model.runners = {role: SessionBatcher(session.run, batch_max, f"{model.name}-{role}")
+                         for role, session in model.sessions.items()}
+    model.status = "ready"
+    return model
+
+
+def _open_sessions(model: ServedModel, folder: Path, files: dict[str, tuple[str, str]], settings: Settings,
+                   providers: list) -> bool:
+    """One session per role on the sha256-checked bytes; False (and `model.reason`) at the first failure."""
+    assert model.card is not None
+    expected_inputs = set(model.card.graph.input_names())
+    expected_output = model.card.graph.output_name
+    options = session_options(settings)
+    for role, (filename, sha256) in files.items():
+        try:
+            data = (folder / filename).read_bytes()
+        except OSError:
+            model.reason = f"file {filename} ({role}) is missing or unreadable"
+            return False
+        if sha256_bytes(data) != sha256:
+            model.reason = f"sha256 mismatch for {filename} ({role}): the file is corrupt or was changed"
+            return False
+        try:
+            session = make_session(data, options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+            logger.error("model %s: onnxruntime cannot load %s: %s", folder.name, filename, exc)
+            model.reason = f"onnxruntime cannot load {filename} ({role})"
+            return False
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        if inputs != expected_inputs or expected_output not in outputs:
+            model.reason = (f"{filename} has inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
+                            f"the card says {sorted(expected_inputs)} -> {expected_output}")
+            return False
+        model.sessions[role] = session
+        model.provider = session.get_providers()[0]
+    return True

@@ -1,0 +1,98 @@
+"""onnxruntime for the service: which providers work here, and the one session factory.
+
+`resolve_providers` checks that CUDA really initialises before any model is loaded
+(`get_available_providers()` lists CUDA whenever the GPU build is installed); every
+session of the project (the service's, and the offline checks of training/ and bench/)
+comes from `make_session`, so what is measured and checked is configured as what is served.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .config import Settings
+
+logger = logging.getLogger("bentoml.ganforge")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+# A 65-byte ONNX model (one Identity node, opset 18) used only to ask
+# onnxruntime whether the CUDA provider really initialises on this machine:
+# `get_available_providers()` lists CUDA whenever the GPU build is installed.
+_PROBE_MODEL = base64.b64decode(
+    "CAk6NwoQCgF4EgF5IghJZGVudGl0eRIBcFoPCgF4EgoKCAgBEgQKAggBYg8KAXkSCgoICAESBAoCCAFCBAoAEBI="
+)
+
+
+def cuda_options(settings: Settings) -> dict[str, str]:
+    # HEURISTIC: the graphs take dynamic H, W, and EXHAUSTIVE would re-benchmark
+    # every new input shape. kSameAsRequested: the arena does not double past need.
+    return {
+        "device_id": str(settings.cuda_device_id),
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "HEURISTIC",
+    }
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip wheels when they are installed.
+
+    The GPU Bento installs `onnxruntime-gpu[cuda,cudnn]`, whose CUDA 13 runtime
+    lives in site-packages, not on the loader path; `preload_dlls` finds it.
+    Harmless where the libraries are on the system path or absent.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # noqa: BLE001 - a failed preload only means the probe decides
+        logger.info("onnxruntime.preload_dlls() could not load the CUDA libraries", exc_info=True)
+
+
+def resolve_providers(settings: Settings) -> list:
+    """The provider list every session gets, after checking CUDA really works here.
+
+    Raises RuntimeError for GANFORGE_DEVICE=cuda when CUDA cannot be used.
+    """
+    if settings.device == "cpu":
+        return [CPU]
+    cuda_entry = (CUDA, cuda_options(settings))
+    works = False
+    if CUDA in ort.get_available_providers():
+        preload_cuda_libraries()
+        try:
+            probe = ort.InferenceSession(_PROBE_MODEL, providers=[cuda_entry, CPU])
+            works = CUDA in probe.get_providers()
+        except Exception:  # noqa: BLE001 - any failure means: no CUDA
+            logger.exception("onnxruntime CUDA probe failed")
+    if works:
+        logger.info("onnxruntime: CUDA provider works (device %d)", settings.cuda_device_id)
+        return [cuda_entry, CPU]
+    if settings.device == "cuda":
+        raise RuntimeError(
+            "GANFORGE_DEVICE=cuda but onnxruntime cannot use the CUDA provider here "
+            "(no GPU, or CUDA/cuDNN libraries missing); use GANFORGE_DEVICE=auto or cpu"
+        )
+    logger.info("onnxruntime: CUDA provider not usable here, running on CPU")
+    return [CPU]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = settings.ort_threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def make_session(model: bytes | str | Path, options: ort.SessionOptions | None = None,
+                 providers: list | tuple = (CPU,)) -> ort.InferenceSession:
+    """An onnxruntime session on `model` (the ONNX bytes, or a path); CPU unless `providers` says otherwise."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=list(providers))

@@ -1,0 +1,74 @@
+"""The phases of one export, each writing into the staging folder: the roles' graphs (exported,
+checked, optimized, measured against torch), the parity gate, the fp16 variant, the card."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from contract import Card
+from contract.folder import file_entry
+
+from .card import write_card
+from .fp16 import fp16_variant
+from .graph import check_graph, export_graph, graph_io
+from .options import ExportError, Exported, ExportJob, ParityError
+from .parity import cpu_session, measure, parity_cases
+
+
+def optimize_role(path: Path, role: str, exported: Exported) -> None:
+    """The exact rewrites for onnxruntime CPU (training/optimize.py); parity afterwards checks them."""
+    from ..optimize import optimize_graph
+
+    counts = optimize_graph(path)
+    if counts:
+        exported.rewrites[role] = counts
+        check_graph(path, role)
+
+
+def export_role(staging: Path, role: str, spec, job: ExportJob, exported: Exported) -> None:
+    """Write `<role>.onnx`, check it, optimize it, measure it against torch; recorded in `exported`."""
+    options, log = job.options, job.log
+    path = staging / f"{role}.onnx"
+    t0 = time.perf_counter()
+    exported.used.add(export_graph(spec, path, options.exporter, log))
+    check_graph(path, role)
+    if options.optimize:
+        optimize_role(path, role, exported)
+    cases, info = parity_cases(job.recipe.family, role, spec, job.recipe.cfg, options.data_root)
+    errs = measure(cpu_session(path), spec, cases)
+    for kind, err in errs.items():
+        exported.worst[kind] = max(exported.worst.get(kind, 0.0), err)
+    exported.cases[role] = cases
+    exported.parity[role] = {**errs, **info}
+    log(f"{role}: exported ({', '.join(sorted(exported.used))}) in {time.perf_counter() - t0:.1f}s; "
+        f"parity max abs {', '.join(f'{k} {v:.2e}' for k, v in errs.items())}")
+    role_graph = graph_io(path)
+    if exported.graph is not None and role_graph != exported.graph:
+        raise ExportError(f"roles have different graph I/O: {exported.graph} vs {role_graph}")
+    exported.graph = role_graph
+    exported.files[role] = file_entry(staging, path.name)
+
+
+def check_parity(name: str, exported: Exported, tolerance: float) -> float:
+    """The worst torch-vs-onnxruntime error over every role and input; ParityError over the tolerance."""
+    max_abs = max(exported.worst.values())
+    if not max_abs <= tolerance:
+        over = max_abs - tolerance
+        ratio = f" ({max_abs / tolerance:.1f}x)" if tolerance > 0 else ""
+        raise ParityError(f"refusing to publish {name!r}: torch vs onnxruntime max abs error {max_abs:.3e} "
+                          f"exceeds the tolerance {tolerance:.1e} by {over:.3e}{ratio} "
+                          f"(per role: {json.dumps(exported.per_role())})")
+    return max_abs
+
+
+def build(staging: Path, job: ExportJob) -> Card:
+    """Write and check every file of the folder into `staging`; raises ParityError over the tolerance."""
+    exported = Exported()
+    for role, spec in job.specs.items():
+        export_role(staging, role, spec, job, exported)
+    exported.max_abs = check_parity(job.name, exported, job.options.tolerance)
+    variants = {}
+    if job.options.fp16:
+        variants["fp16"] = fp16_variant(staging, job.specs, exported.cases, job.options.fp16_tolerance, job.log)
+    return write_card(staging, job, exported, variants)

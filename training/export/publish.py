@@ -1,0 +1,81 @@
+"""Export a checkpoint and publish it atomically as OUT/NAME (contract.folder.staged_version); rollback."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract import Card
+from contract.folder import LockBusy, check_name, staged_version
+from contract.folder import rollback as rollback_folder
+
+from .build import build
+from .options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, ExportError, ExportJob, ExportOptions
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    card: Card
+    parity_max_abs: float
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_job(checkpoint: str | Path, name: str, options: ExportOptions, log) -> ExportJob:
+    """The checkpoint (a run folder: its newest valid one), its recipe and export specs (eval mode)."""
+    from .. import checkpoint as ckpt
+    from ..recipes.base import Recipe
+
+    if Path(checkpoint).is_dir():  # a run folder: its newest valid checkpoint
+        found = ckpt.latest_valid(checkpoint, log=log)
+        if found is None:
+            raise ExportError(f"no readable checkpoint in {Path(checkpoint) / 'checkpoints'}")
+        checkpoint, payload = found
+    else:
+        payload = ckpt.load(checkpoint)
+    recipe = Recipe.from_checkpoint(payload, "cpu")
+    specs = recipe.export_specs()
+    for spec in specs.values():
+        spec.module.eval()
+    return ExportJob(name, checkpoint, payload, recipe, specs, options, log)
+
+
+def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "models",
+                      tolerance: float = DEFAULT_TOLERANCE, fp16: bool = True,
+                      fp16_tolerance: float = DEFAULT_FP16_TOLERANCE, description: str | None = None,
+                      exporter: str = "auto", data_root: str | None = None, optimize: bool = True,
+                      log=print, default: bool = False) -> ExportResult:
+    """Export, check and publish a checkpoint as OUT/NAME (see training/export/__init__.py)."""
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    options = ExportOptions(tolerance, fp16, fp16_tolerance, description, exporter, data_root, optimize, default)
+    options.check()
+    job = load_job(checkpoint, name, options, log)
+    out = Path(out)
+    try:
+        with staged_version(out, name, log=_warn) as staging:
+            card = build(staging, job)
+    except LockBusy as e:
+        raise ExportError(str(e)) from None
+    result = ExportResult(out / name, card, card.metrics.parity_max_abs)
+    log(f"published {result.path} (version {card.version}; parity max abs "
+        f"{result.parity_max_abs:.2e} <= {tolerance:g})")
+    return result
+
+
+def rollback(name: str, out: str | Path = "models", log=print) -> Path:
+    """Swap OUT/.NAME.prev back into OUT/NAME; the replaced version becomes .NAME.prev (so twice = forward)."""
+    out = Path(out)
+    try:
+        card = rollback_folder(out, name)
+    except (ValueError, LockBusy) as e:  # a bad name, nothing to roll back to, a damaged .prev, a busy lock
+        raise ExportError(str(e)) from e
+    target, prev = out / name, out / f".{name}.prev"
+    log(f"rolled back {target} to version {card.version}"
+        + (f"; the replaced version is kept as {prev}" if prev.exists() else ""))
+    return target
