@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 PORT   ?= 3000
 # pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
 
-.PHONY: serve test test-fast browser data models bench build clean help soak
+.PHONY: serve test test-fast browser data models bench build clean help soak gpu-check
 .PHONY: container container-gpu container-test container-engine
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make container-test build the CPU image, run it, call every endpoint, stop and remove it"
 	@echo "make bench    benchmarks on a quiet machine (~23 min on 2 cores) -> bench/results/"
 	@echo "make bench-quick  the same path on small inputs (~1-2 min): a check, not a measurement"
+	@echo "make gpu-check  the CUDA path end to end where a GPU is usable (< 8 min; JSON in bench/results/); elsewhere says so"
 	@echo "make soak     load + fault runs on a real server, loopback only (~3 min) -> soak/results/"
 
 $(VENV)/bin/python:
@@ -66,6 +67,11 @@ data: $(VENV)/.stamp-dev
 # ratios measured side by side in one run; see bench/README.md. BENCH_ARGS="--only compute,serving" etc.
 bench: $(VENV)/.stamp-dev
 	$(PY) -m bench $(BENCH_ARGS)
+
+# CUDA provider really used, fp16 variants, batching on, /upscale and /translate images/s (bench/gpu_check.py);
+# on a machine without a usable NVIDIA GPU it prints why and exits 0.
+gpu-check: $(VENV)/.stamp-serve
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 bench-quick: $(VENV)/.stamp-dev
 	$(PY) -m bench --quick $(BENCH_ARGS)

@@ -5,8 +5,8 @@ it imports neither torch nor bentoml. docs/model-card.md explains it, docs/card.
 is its JSON Schema (generated: `python -m contract.schema`).
 """
 from .card import (DIRECTION_ROLES, ENDPOINTS, NAME_PATTERN, SCHEMA_VERSION, Card, FileEntry, GraphIO, ImageInput,
-                   ImageOutput, Metrics, RoleIO, TensorSpec, Tiling, Training, Variant)
+                   ImageOutput, Metrics, Provenance, RoleIO, SourceFile, TensorSpec, Tiling, Training, Variant)
 from .typed import CardError, CardUnreadable
 
 __all__ = ["Card", "CardError", "CardUnreadable", "DIRECTION_ROLES", "ENDPOINTS", "FileEntry", "GraphIO", "ImageInput", "ImageOutput",
-           "Metrics", "NAME_PATTERN", "RoleIO", "SCHEMA_VERSION", "TensorSpec", "Tiling", "Training", "Variant"]
+           "Metrics", "NAME_PATTERN", "Provenance", "RoleIO", "SourceFile", "SCHEMA_VERSION", "TensorSpec", "Tiling", "Training", "Variant"]

@@ -5,8 +5,9 @@ field; docs/card.schema.json is generated from these classes (`python -m contrac
     card = Card.from_json(text)        # validated; CardError names the field
     text = card.to_json()              # what export, eval, quantize, optimize write
 
-Schema 2 adds `default` (the model an endpoint serves when a request names none); schema 1
-cards are still read (as `default: false`) and are written back as schema 2.
+Schema 2 adds `default` (the model an endpoint serves when a request names none) and `provenance`
+(imported weights: source files, detected arch, licence); schema 1 cards are still read (as
+`default: false`) and are written back as schema 2.
 """
 from __future__ import annotations
 
@@ -117,9 +118,11 @@ class Tiling:
 
 @dataclass
 class Variant:
-    """A reduced-precision copy of the graphs (fp16 at export, int8 by quantize); measured figures in extra."""
+    """A reduced-precision way to run the graphs: fp16 files at export, int8 files by quantize, or a
+    precision the runtime converts to at load ("measure": no files, its quality gate measured, e.g. bf16
+    on OpenVINO); measured figures in extra."""
     OPEN = True
-    produced: Literal["export", "load", "quantize"]
+    produced: Literal["export", "load", "quantize", "measure"]
     files: dict[str, FileEntry] = field(default_factory=dict)
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +139,29 @@ class Training:
     git_commit: str = "unknown"
     torch: str | None = None
     checkpoint: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SourceFile:
+    """One file an imported model was made from."""
+    file: str = field(metadata=_meta("the file's name (no folder)"))
+    sha256: str = field(metadata=_meta("sha256 of the file", pattern=SHA256_PATTERN,
+                                       rule="be 64 lowercase hex digits"))
+    bytes: int = field(metadata=_meta("size in bytes", minimum=0))
+    role: str | None = field(default=None, metadata=_meta("the role its weights became (a2b, b2a, generator)"))
+
+
+@dataclass
+class Provenance:
+    """Where imported weights came from (`python -m training import`): files, detected arch, licence."""
+    OPEN = True
+    sources: list[SourceFile]
+    arch: str = field(metadata=_meta("the detected architecture (junyanz-resnet, esrgan, swinir, ...)"))
+    arch_params: dict[str, Any] = field(default_factory=dict,
+                                        metadata=_meta("the hyper-parameters read from the weights"))
+    license: str = field(default="unknown", metadata=_meta("the weights' licence, as the user stated it"))
+    importer: dict[str, str] = field(default_factory=dict, metadata=_meta("versions of the importing tools"))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -179,7 +205,9 @@ class Card:
     domains: dict[str, str] | None = None
     roles: dict[str, RoleIO] | None = None
     notes: list[str] | None = None
-    training: Training | None = None
+    training: Training | None = field(default=None, metadata=_meta("a model ganforge trained: its run"))
+    provenance: Provenance | None = field(default=None, metadata=_meta(
+        "a model imported from someone else's weights (schema 2)"))
     metrics: Metrics = field(default_factory=Metrics)
 
     # ------------------------------------------------------------------ reading and writing

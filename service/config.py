@@ -12,16 +12,17 @@
 | GANFORGE_MAX_N              | 64                   | largest `n` (and interpolation `steps`) for /generate. |
 | GANFORGE_TILE               | 0                    | tile edge in input pixels for /upscale and /translate; 0 = the card's `tiling.tile` (256 if the card has none). |
 | GANFORGE_TILE_OVERLAP       | -1                   | tile overlap in input pixels; -1 = the card's `tiling.overlap` (16 if none). |
-| GANFORGE_ORT_THREADS        | 0                    | onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per physical core). |
+| GANFORGE_ORT_THREADS        | 0                    | inference threads per graph: onnxruntime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS; 0 = the runtime's default (one per physical core). |
 | GANFORGE_WORKERS            | 1                    | BentoML worker processes (each loads every model once). |
 | GANFORGE_THREADS            | 4                    | requests a worker runs at once (BentoML `threads`): decode/encode of one overlaps another's graph run, concurrent same-shaped requests batch, and a long upscale does not hold up small requests. 1 = strictly one at a time (least memory). |
 | GANFORGE_BATCH_MAX          | 0                    | adaptive batching: most rows one graph run may merge from queued same-shaped requests (service/batching.py); 1 = off. 0 = auto: 16 on the CUDA provider, off on the CPU provider (measured, make bench: on the CPU a merged run is no faster per row for these models, and over four bench runs 16 clients got 0-10% fewer requests/s through with it). Needs GANFORGE_THREADS > 1 to see concurrent requests. |
 | GANFORGE_MAX_CONCURRENCY    | 32                   | /generate, /translate, /upscale requests in flight per worker (uploads included) before 429. |
-| GANFORGE_TIMEOUT_S          | 120                  | per-request timeout (BentoML answers 504). |
+| GANFORGE_TIMEOUT_S          | 120                  | per-request limit: an image request that cannot finish in it at its model's measured speed is refused at once (413, naming the size it can take); one whose deadline passes or whose client leaves stops within one tile (504 / 503); BentoML's own timeout is a backstop above it. |
 | GANFORGE_LOG_FORMAT         | text                 | text: BentoML's log lines. json: one JSON object per line (service/logs.py); the container image sets json. |
 | GANFORGE_RELOAD_POLL_S      | 0                    | every this many seconds each worker re-scans the models dir and swaps in changed models (0 = off; `POST /admin/reload` reloads on demand). |
 | GANFORGE_READY_REQUIRES_ALL | 0                    | 1: /readyz answers 503 while any model is unavailable. 0: /readyz is 200 once the worker is up; unavailable models are named in /models. |
-| GANFORGE_PRECISION          | fp32                 | which variant of each model's graphs runs: `fp32`; `int8` on the CPU provider (the card's `variants.int8`, made by `python -m training quantize`); `fp16` on the CUDA provider (`variants.fp16`, made by export). Comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, or the other provider) serves fp32 and logs why; /models says what runs. |
+| GANFORGE_BACKEND            | auto                 | which runtime runs the graphs: `auto` = onnxruntime where its CUDA provider works, OpenVINO on the CPU (onnxruntime if the `openvino` package is missing); `onnxruntime` (CUDA or CPU, as GANFORGE_DEVICE says); `openvino` (the CPU; not with GANFORGE_DEVICE=cuda). A graph OpenVINO cannot compile runs on onnxruntime (logged). /models says per model: backend, device, precision and why. |
+| GANFORGE_PRECISION          | auto                 | which precision of each model runs. `auto`: bf16 where the backend is OpenVINO, the CPU has native bf16 (AMX or AVX512-BF16) and the card's `variants.bf16` gate passed (>= 45 dB PSNR against fp32 on the worst input, `python -m training bf16 NAME`), else fp32. `fp32`: always fp32 (the opt-out). `bf16`: as auto, but a fallback is a warning. `int8`: the card's `variants.int8` (made by `python -m training quantize`) on the CPU, through OpenVINO when it is the backend (its QDQ graph measured 4x faster than onnxruntime's int8 here), else onnxruntime's CPU provider. `fp16`: the card's `variants.fp16` on the CUDA provider. Comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, the other device) serves fp32 and logs why; /models says what runs and why. |
 
 Invalid values stop the service at startup with a message naming the variable.
 """
@@ -37,7 +38,8 @@ from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "int8", "fp16")
+BACKENDS = ("auto", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
 
 
 class SettingsError(ValueError):
@@ -100,7 +102,7 @@ def _precision(env: Mapping[str, str], name: str) -> tuple[str, tuple[tuple[str,
             raise SettingsError(f"{name}: model {model!r} is named twice")
         else:
             per_model[model] = value
-    return default or "fp32", tuple(sorted(per_model.items()))
+    return default or "auto", tuple(sorted(per_model.items()))
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ class Settings:
     log_format: str = "text"
     reload_poll_s: float = 0.0
     ready_requires_all: bool = False
-    precision: str = "fp32"  # GANFORGE_PRECISION's default
+    backend: str = "auto"  # GANFORGE_BACKEND
+    precision: str = "auto"  # GANFORGE_PRECISION's default
     model_precision: tuple[tuple[str, str], ...] = ()  # its NAME:PRECISION entries
 
     def precision_for(self, name: str) -> str:
@@ -141,6 +144,12 @@ class Settings:
         token = env.get("GANFORGE_AUTH_TOKEN", "")
         log_format = env.get("GANFORGE_LOG_FORMAT", "text").strip().lower() or "text"
         precision, model_precision = _precision(env, "GANFORGE_PRECISION")
+        backend = env.get("GANFORGE_BACKEND", "auto").strip().lower() or "auto"
+        if backend not in BACKENDS:
+            raise SettingsError(f"GANFORGE_BACKEND={backend!r} must be one of {', '.join(BACKENDS)}")
+        if backend == "openvino" and device == "cuda":
+            raise SettingsError("GANFORGE_BACKEND=openvino runs on the CPU; it cannot be combined with "
+                                "GANFORGE_DEVICE=cuda (use GANFORGE_BACKEND=auto or onnxruntime)")
         if log_format not in LOG_FORMATS:
             raise SettingsError(f"GANFORGE_LOG_FORMAT={log_format!r} must be one of {', '.join(LOG_FORMATS)}")
         return cls(
@@ -163,6 +172,7 @@ class Settings:
             log_format=log_format,
             reload_poll_s=_float(env, "GANFORGE_RELOAD_POLL_S", 0.0, 0.0),
             ready_requires_all=_bool(env, "GANFORGE_READY_REQUIRES_ALL", False),
+            backend=backend,
             precision=precision,
             model_precision=model_precision,
         )

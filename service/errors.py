@@ -13,13 +13,14 @@ from starlette.responses import JSONResponse
 class ApiError(Exception):
     """A request the service refuses, with the HTTP status to answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message)
+        return error_response(self.status, self.message, self.headers)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from pydantic import BaseModel
 
 from contract import DIRECTION_ROLES
 
-from . import imaging, inference
+from . import deadline, imaging, inference
+from .admission import BOOK
 from .config import Settings
 from .errors import bad_request, shown, unprocessable
 from .loading import ServedModel
@@ -50,6 +52,19 @@ class ImageResult:
     body: bytes
     media_type: str
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def _encode_timed(served: ServedModel, started: float, out_pixels: int, pixels: np.ndarray,
+                  alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
+    """Encode, unless the request was cancelled or ran past its deadline while the graph ran; then
+    give the time this request spent outside the graph to the admission estimate."""
+    token = deadline.current()
+    if token is not None:
+        token.check(served.name)
+    body = imaging.encode_image(pixels, alpha, fmt, quality)
+    if token is not None:
+        BOOK.record_pipeline(time.perf_counter() - started - token.model_seconds, out_pixels)
+    return body
 
 
 def _read_upload(path: Path | None) -> bytes:
@@ -190,10 +205,11 @@ def translate(
         role = "generator"
     else:
         raise unprocessable(f"model {served.name!r} translates one way only (a2b)")
+    started = time.perf_counter()
     decoded = imaging.decode_image(_read_upload(image), settings.max_input_pixels)
     imaging.check_pixels(decoded.width, decoded.height, settings.max_output_pixels, "the output")
     pixels, alpha = inference.translate_image(served, decoded, role)
-    body = imaging.encode_image(pixels, alpha, fmt, quality)
+    body = _encode_timed(served, started, pixels.shape[0] * pixels.shape[1], pixels, alpha, fmt, quality)
     return ImageResult(body, imaging.media_type(fmt), {"X-Model": served.name})
 
 
@@ -214,10 +230,12 @@ def upscale(
         scale = native
     if not (math.isfinite(scale) and 1 <= scale <= native):
         raise unprocessable(f"scale must be 1..{native} (the model's native scale is x{native}), got {shown(scale)}")
+    started = time.perf_counter()
     decoded = imaging.decode_image(_read_upload(image), settings.max_input_pixels)
     imaging.check_pixels(decoded.width * native, decoded.height * native, settings.max_output_pixels,
                          f"the x{native} output")
     pixels, alpha = inference.upscale_image(served, decoded, scale)
-    body = imaging.encode_image(pixels, alpha, fmt, quality)
+    native_pixels = decoded.width * decoded.height * native ** 2
+    body = _encode_timed(served, started, native_pixels, pixels, alpha, fmt, quality)
     return ImageResult(body, imaging.media_type(fmt), {"X-Model": served.name})
 

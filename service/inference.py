@@ -7,11 +7,13 @@ GenerateSpec); nothing here knows a model by name.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 from PIL import Image
 
-from . import imaging
+from . import deadline, imaging
+from .admission import BOOK
 from .errors import ApiError
 from .imaging import DecodedImage
 from .loading import ImageSpec, ServedModel
@@ -36,14 +38,22 @@ def run_session(model: ServedModel, role: str, feeds: dict[str, np.ndarray], out
         raise ModelRunError(model.name) from None
 
 
-def image_runner(model: ServedModel, role: str):
-    """[1, C, h, w] -> [1, C', h*s, w*s]: pad to the card's multiple/min size, run, crop back."""
+def image_runner(model: ServedModel, role: str, record: bool = True):
+    """[1, C, h, w] -> [1, C', h*s, w*s]: pad to the card's multiple/min size, run, crop back.
+    Each run's time goes to the model's speed estimate (service/admission.py) when `record`."""
     spec: ImageSpec = model.image_spec
+    token = deadline.current()
 
     def run(x: np.ndarray) -> np.ndarray:
         h, w = x.shape[-2:]
         padded = imaging.pad_to(np.ascontiguousarray(x, dtype=np.float32), spec.multiple_of, spec.min_size)
+        started = time.perf_counter()
         y = run_session(model, role, {spec.input_name: padded}, spec.output_name)
+        took = time.perf_counter() - started
+        if record:
+            BOOK.record(model, took, padded.shape[2] * padded.shape[3] * spec.scale ** 2)
+        if token is not None:
+            token.model_seconds += took
         want = (padded.shape[0], spec.out_channels, padded.shape[2] * spec.scale, padded.shape[3] * spec.scale)
         if y.shape != want:
             logger.error("model %s (%s): output shape %s, card promises %s", model.name, role, y.shape, want)
@@ -54,11 +64,61 @@ def image_runner(model: ServedModel, role: str):
 
 
 def run_image_model(model: ServedModel, role: str, pixels: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, C_in] -> uint8 [H*s, W*s, C_out], tiled when larger than the tile."""
+    """uint8 [H, W, C_in] -> uint8 [H*s, W*s, C_out], tiled when larger than the tile.
+
+    Within a request: refused up front (413/503) when the measured speed says it cannot finish in
+    time, and stopped before the next tile once cancelled or past its deadline (service/deadline.py)."""
     spec = model.image_spec
+    token = deadline.current()
+    BOOK.admit(model, pixels.shape[0], pixels.shape[1], token, probe=lambda: warm_up(model))
     x = imaging.to_float(pixels, spec.in_range)
+    check = token.tile_check(model.name) if token is not None else None
     return tile_and_blend(image_runner(model, role), x, spec.tile, spec.overlap, spec.scale,
-                          finish=lambda y: imaging.to_pixels(y, spec.out_range))
+                          finish=lambda y: imaging.to_pixels(y, spec.out_range), check=check)
+
+
+WARM_UP_RUNS = 3  # the median of up to this many runs of one tile (one run on this CPU's single run noise
+WARM_UP_BUDGET_S = 0.3  # ... is up to 3x on a shared machine); no further run once this much time is spent
+
+
+def warm_up(model: ServedModel) -> float:
+    """Graph runs on one full tile of zeros (the native size where the card has one): the median of up to
+    WARM_UP_RUNS runs (fewer once WARM_UP_BUDGET_S is spent) seeds, or refreshes, the model's speed
+    estimate. Returns the seconds spent; 0.0 for a model that is not a ready image model."""
+    spec = model.image_spec
+    if spec is None or not model.ready:
+        return 0.0
+    h, w = spec.native_size or (spec.tile, spec.tile)
+    role = model.directions[0] if model.directions else "generator"
+    run = image_runner(model, role, record=False)
+    x = np.zeros((1, spec.in_channels, h, w), np.float32)
+    times: list[float] = []
+    while len(times) < WARM_UP_RUNS and (not times or sum(times) < WARM_UP_BUDGET_S):
+        started = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - started)
+    pixels = imaging.padded_size(h, spec.multiple_of, spec.min_size) * \
+        imaging.padded_size(w, spec.multiple_of, spec.min_size) * spec.scale ** 2
+    BOOK.record(model, float(np.median(times)), pixels, source="warm-up")
+    return sum(times)
+
+
+def warm_up_all(models: list[ServedModel]) -> None:
+    """Seed the speed estimate of every ready image model (at startup); logs what it cost."""
+    took: list[str] = []
+    total = 0.0
+    for model in models:
+        try:
+            seconds = warm_up(model)
+        except ApiError:  # run_session logged the failure; the model's first request will say so too
+            continue
+        if seconds:
+            total += seconds
+            rate = BOOK.rate(model)
+            per_mpx = rate.per_pixel * 1e6 if rate is not None else 0.0
+            took.append(f"{model.name} {per_mpx:.3g} s/MPx ({seconds * 1000:.0f} ms)")
+    if took:
+        logger.info("speed warm-up (a tile or three per image model) took %.2f s: %s", total, ", ".join(took))
 
 
 def translate_image(model: ServedModel, image: DecodedImage, role: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -109,6 +169,9 @@ def generate_images(model: ServedModel, z: np.ndarray, labels: np.ndarray | None
     feeds = {spec.z_name: np.ascontiguousarray(z, dtype=np.float32)}
     if spec.label_name is not None:
         feeds[spec.label_name] = np.ascontiguousarray(labels, dtype=np.int64)
+    token = deadline.current()
+    if token is not None:
+        token.check(model.name, 0, 1, "graph runs")
     y = run_session(model, "generator", feeds, spec.output_name)
     if y.ndim != 4 or y.shape[0] != z.shape[0] or y.shape[1] != spec.out_channels:
         logger.error("model %s: output shape %s for N=%d", model.name, y.shape, z.shape[0])

@@ -3,8 +3,14 @@
 The card is read and validated by `contract.folder.read_card` and nothing else. A model
 whose card is invalid or whose file is missing, corrupt or sha256-mismatched is still a
 `ServedModel`, `unavailable` with a reason, so the others serve. Each ONNX file is read
-once, its sha256 checked on those very bytes, and the same bytes handed to onnxruntime
-(`runtime.make_session`), so what runs is what was verified.
+once, its sha256 checked on those very bytes, and the same bytes handed to the backend
+(onnxruntime's `runtime.make_session` or OpenVINO's `backends.make_openvino_session`), so
+what runs is what was verified.
+
+Which backend and precision run (`plan`): GANFORGE_BACKEND and GANFORGE_PRECISION, decided
+per model by `service/backends.py` (bf16 only on OpenVINO, where the CPU has it and the card's
+gate passed); `backend`, `device`, `precision` and `precision_reason` say what runs and why.
+A graph OpenVINO cannot compile runs on onnxruntime instead (`precision_note` says so).
 
 What a pipeline needs (`ImageSpec`, `GenerateSpec`) is derived here from the typed card
 plus the settings' tile overrides; `ServedModel.provider` is what `session.get_providers()`
@@ -20,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
 from contract import Card, CardError, CardUnreadable
 from contract.folder import read_card, sha256_bytes
 
+from .backends import (ONNXRUNTIME, OPENVINO, OrtSession, choose_backend, choose_float_precision,
+                       make_openvino_session, native_bf16, openvino_installed)
 from .batching import SessionBatcher
 from .config import Settings
 from .runtime import CPU, CUDA, make_session, session_options
@@ -34,7 +40,8 @@ logger = logging.getLogger("bentoml.ganforge")
 # the card's blocks GET /models shows as they are (after endpoint and default), in this order
 PUBLIC_CARD_KEYS = ("family", "description", "version", "exported_at", "opset", "runtimes", "graph", "input",
                     "output", "tiling", "latent_dim", "classes", "domains", "metrics")
-PUBLIC_VARIANT_KEYS = ("produced", "max_abs", "psnr_vs_fp32_db", "speedup")
+PUBLIC_VARIANT_KEYS = ("produced", "max_abs", "psnr_vs_fp32_db", "psnr_vs_fp32_db_min", "gate_db", "passed",
+                       "speedup")
 PUBLIC_TRAINING_KEYS = ("dataset", "steps", "git_commit")
 # what /upscale and /translate use when neither the card nor GANFORGE_TILE / _OVERLAP say
 DEFAULT_TILE = 256
@@ -80,7 +87,9 @@ class ServedModel:
     status: str = "unavailable"  # ready | unavailable
     reason: str | None = None
     provider: str | None = None
-    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict, repr=False)
+    backend: str | None = None  # onnxruntime | openvino: what runs the graphs
+    device: str | None = None  # cpu | cuda (as /models' top-level device)
+    sessions: dict[str, Any] = field(default_factory=dict, repr=False)  # OrtSession / OpenVinoSession
     runners: dict[str, SessionBatcher] = field(default_factory=dict, repr=False)
     image_spec: ImageSpec | None = None
     generate_spec: GenerateSpec | None = None
@@ -89,6 +98,7 @@ class ServedModel:
     warning: str | None = None  # a newer copy on disk failed to load; this one still serves
     precision: str = "fp32"  # the variant whose files run (GANFORGE_PRECISION)
     precision_note: str | None = None  # why it is not the precision GANFORGE_PRECISION asked for
+    precision_reason: str | None = None  # why this backend runs this precision (always set once planned)
 
     @property
     def endpoint(self) -> str | None:
@@ -123,11 +133,16 @@ class ServedModel:
             "status": self.status,
             "reason": self.reason,
             "provider": self.provider,
+            "backend": self.backend,
+            "device": self.device,
             "loaded_at": self.loaded_at,
         }
         if self.warning:
             out["warning"] = self.warning
         out["precision"] = self.precision
+        out["precision_reason"] = self.precision_reason
+        if self.sessions:
+            out["runtime"] = {role: session.describe() for role, session in self.sessions.items()}
         if self.precision_note:
             out["precision_note"] = self.precision_note
         card = self.card.to_dict() if self.card is not None else {}
@@ -229,25 +244,61 @@ def variant_files(card: Card, roles: dict[str, str], wanted: str,
     return {role: (variant.files[role].path, variant.files[role].sha256) for role in roles}, None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one model runs: backend, precision, the files (role -> (file, sha256)), and why."""
+
+    backend: str
+    precision: str
+    files: dict[str, tuple[str, str]]
+    reason: str
+    note: str | None = None  # why it is not what GANFORGE_PRECISION asked for (a warning)
+
+
+def plan(card: Card, wanted: str, backend: str, providers: list) -> Plan:
+    """The backend/precision/files for GANFORGE_PRECISION `wanted` on `backend` (backends.choose_backend)."""
+    roles = {role: entry.path for role, entry in card.files.items()}
+    if wanted in VARIANT_PROVIDER:
+        files, note = variant_files(card, roles, wanted, providers)
+        if note is None:
+            return Plan(backend, wanted, files, f"GANFORGE_PRECISION={wanted}: the card's {wanted} variant")
+        return Plan(backend, "fp32", files, f"GANFORGE_PRECISION={wanted}: fp32 because {note}", note)
+    bf16_here = native_bf16() if backend == OPENVINO else (False, "")
+    precision, reason, note = choose_float_precision(wanted, backend, bf16_here, card.variants.get("bf16"),
+                                                     card.version)
+    return Plan(backend, precision, variant_files(card, roles, "fp32", providers)[0], reason, note)
+
+
 # ------------------------------------------------------------------ loading
 
 
 def load_model(folder: Path, settings: Settings, providers: list) -> ServedModel:
-    """Read, check and load one model folder at GANFORGE_PRECISION's precision; never raises for a bad model.
+    """Read, check and load one model folder on GANFORGE_BACKEND at GANFORGE_PRECISION; never raises for a bad model.
 
-    A requested variant that is missing from the card, or whose files fail (missing, sha256, onnxruntime),
-    falls back to the fp32 files with a warning; `precision` / `precision_note` say what runs and why.
+    A requested variant that is missing from the card, or whose files fail (missing, sha256, the runtime),
+    falls back to fp32 with a warning; a graph OpenVINO cannot compile runs on onnxruntime. `backend`,
+    `precision`, `precision_reason` and `precision_note` say what runs and why.
     """
     wanted = settings.precision_for(folder.name)
-    model = _load_model(folder, settings, providers, wanted)
-    if wanted != "fp32" and not model.ready and model.precision == wanted:  # the variant's own files failed
+    backend, backend_reason = choose_backend(settings.backend, providers, openvino_installed())
+    model = _load_model(folder, settings, providers, wanted, backend)
+    if backend == OPENVINO and not model.ready and (model.reason or "").startswith("OpenVINO cannot"):
+        note = f"{model.reason}: onnxruntime runs it"
+        model.close()
+        model = _load_model(folder, settings, providers, wanted, ONNXRUNTIME)
+        model.precision_note = note if model.precision_note is None else f"{note}; {model.precision_note}"
+        backend_reason = note
+    if wanted not in ("auto", "fp32") and not model.ready and model.precision == wanted:  # the variant failed
         note = f"the {wanted} variant failed to load ({model.reason})"
         model.close()
-        model = _load_model(folder, settings, providers, "fp32")
+        model = _load_model(folder, settings, providers, "fp32", model.backend or backend)
         model.precision_note = note
     if model.precision_note and model.card is not None:
         logger.warning("model %s: %s requested, serving %s: %s", folder.name, wanted, model.precision,
                        model.precision_note)
+    if model.ready:
+        logger.info("model %s: backend %s (%s), device %s, precision %s (%s)", folder.name, model.backend,
+                    backend_reason, model.device, model.precision, model.precision_reason)
     return model
 
 
@@ -258,7 +309,7 @@ def card_problem(exc: CardError) -> str:
     return f"invalid card: {exc}"
 
 
-def _load_model(folder: Path, settings: Settings, providers: list, wanted: str) -> ServedModel:
+def _load_model(folder: Path, settings: Settings, providers: list, wanted: str, backend: str) -> ServedModel:
     model = ServedModel(name=folder.name, loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     try:
         card = read_card(folder, check_folder_name=True)
@@ -273,11 +324,10 @@ def _load_model(folder: Path, settings: Settings, providers: list, wanted: str) 
         model.generate_spec = generate_spec(card)
     else:
         model.image_spec = image_spec(card, settings.tile, settings.tile_overlap)
-    roles = {role: entry.path for role, entry in card.files.items()}
-    files, model.precision_note = variant_files(card, roles, wanted, providers)
-    if model.precision_note is None:
-        model.precision = wanted
-    if not _open_sessions(model, folder, files, settings, providers):
+    chosen = plan(card, wanted, backend, providers)
+    model.backend, model.precision = chosen.backend, chosen.precision
+    model.precision_reason, model.precision_note = chosen.reason, chosen.note
+    if not _open_sessions(model, folder, chosen, settings, providers):
         return model
     if settings.device == "cuda" and model.provider != CUDA:
         model.reason = f"GANFORGE_DEVICE=cuda but onnxruntime placed it on {model.provider}"
@@ -291,14 +341,20 @@ def _load_model(folder: Path, settings: Settings, providers: list, wanted: str) 
     return model
 
 
-def _open_sessions(model: ServedModel, folder: Path, files: dict[str, tuple[str, str]], settings: Settings,
-                   providers: list) -> bool:
+def open_session(data: bytes, chosen: Plan, settings: Settings, providers: list) -> Any:
+    """One graph on the plan's backend, from the sha256-checked bytes."""
+    if chosen.backend == OPENVINO:
+        return make_openvino_session(data, chosen.precision, settings.ort_threads)
+    return OrtSession(make_session(data, session_options(settings), providers=providers), chosen.precision)
+
+
+def _open_sessions(model: ServedModel, folder: Path, chosen: Plan, settings: Settings, providers: list) -> bool:
     """One session per role on the sha256-checked bytes; False (and `model.reason`) at the first failure."""
     assert model.card is not None
     expected_inputs = set(model.card.graph.input_names())
     expected_output = model.card.graph.output_name
-    options = session_options(settings)
-    for role, (filename, sha256) in files.items():
+    runtime = "OpenVINO cannot compile" if chosen.backend == OPENVINO else "onnxruntime cannot load"
+    for role, (filename, sha256) in chosen.files.items():
         try:
             data = (folder / filename).read_bytes()
         except OSError:
@@ -308,10 +364,10 @@ def _open_sessions(model: ServedModel, folder: Path, files: dict[str, tuple[str,
             model.reason = f"sha256 mismatch for {filename} ({role}): the file is corrupt or was changed"
             return False
         try:
-            session = make_session(data, options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
-            logger.error("model %s: onnxruntime cannot load %s: %s", folder.name, filename, exc)
-            model.reason = f"onnxruntime cannot load {filename} ({role})"
+            session = open_session(data, chosen, settings, providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime and OpenVINO raise several types
+            logger.error("model %s: %s %s: %s", folder.name, runtime, filename, exc)
+            model.reason = f"{runtime} {filename} ({role})"
             return False
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
@@ -321,4 +377,5 @@ def _open_sessions(model: ServedModel, folder: Path, files: dict[str, tuple[str,
             return False
         model.sessions[role] = session
         model.provider = session.get_providers()[0]
+        model.device = session.describe()["device"]
     return True

@@ -19,16 +19,26 @@ In order, per HTTP request:
    pydantic errors with {"error", "detail"}, its own exceptions with a JSON
    *list* [{"error": ...}], and unknown routes with plain text.
 
+5. for the image APIs: a `RequestToken` (service/deadline.py) made on arrival, with the deadline
+   GANFORGE_TIMEOUT_S from then, bound to the request's context; once the body is read, a small
+   task waits on the real `receive` for `http.disconnect` and cancels the token when the client
+   leaves before its answer started, so the worker thread stops within one tile.
+
 BentoML's own TimeoutMiddleware (504) and MaxConcurrencyMiddleware (429)
-wrap this one, so those two answers keep BentoML's body {"error": "..."}.
+wrap this one, so those two answers keep BentoML's body {"error": "..."}. Its timeout is set a
+little later than GANFORGE_TIMEOUT_S (service/service.py), as a backstop: the token's deadline
+answers first, in this service's shape, and stops the work, which BentoML's does not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 from typing import Any
+
+from . import deadline
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -113,7 +123,7 @@ class ErrorBodySend:
         self.send = send
         self.start: dict | None = None
         self.chunks: list[bytes] = []
-        self.started = False
+        self.started = False  # the answer began: a disconnect after this stops nothing
 
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
@@ -156,6 +166,40 @@ async def read_body(receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def run_watched(app, scope, body: bytes, receive, send: "ErrorBodySend",
+                      token: deadline.RequestToken) -> None:
+    """Run `app` on the buffered `body`, cancelling `token` when the client disconnects first.
+
+    The watcher owns the real `receive` from here on (after the body only `http.disconnect` can
+    come); the app's `receive` yields the body, then waits for the watcher to see the disconnect.
+    """
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not send.started:
+            token.cancel(deadline.DISCONNECTED)
+        gone.set()
+
+    sent = False
+
+    async def app_receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        with deadline.bound(token):
+            await app(scope, app_receive, send)
+    finally:
+        watcher.cancel()  # not awaited: this task may itself be being cancelled (BentoML's timeout)
 
 
 def replay(body: bytes, receive):
@@ -242,13 +286,14 @@ class GanforgeMiddleware:
                                       {"Retry-After": "1"})
             await response(scope, receive, send)
             return
+        token = deadline.RequestToken(self.settings.timeout_s)  # the deadline counts from arrival
         self._in_flight += 1
         try:
             problem = await self._check_body(scope, receive, wanted)
             if isinstance(problem, tuple):
                 await error_response(*problem)(scope, receive, send)
                 return
-            await self.app(scope, replay(problem, receive), send)
+            await run_watched(self.app, scope, problem, receive, send, token)
         finally:
             self._in_flight -= 1
 

@@ -1,14 +1,19 @@
 """onnxruntime for the service: which providers work here, and the one session factory.
 
 `resolve_providers` checks that CUDA really initialises before any model is loaded
-(`get_available_providers()` lists CUDA whenever the GPU build is installed); every
-session of the project (the service's, and the offline checks of training/ and bench/)
-comes from `make_session`, so what is measured and checked is configured as what is served.
+(`get_available_providers()` lists CUDA whenever the GPU build is installed). It first asks
+the NVIDIA driver itself (`nvidia_gpu`: libcuda.so.1, cuInit, cuDeviceGetCount) and touches
+onnxruntime's CUDA side (`preload_dlls`, a probe session) only where a GPU is there, so a
+CPU-only machine logs one info line instead of onnxruntime's red CUDA library errors.
+Every onnxruntime session of the project (the service's, and the offline checks of training/
+and bench/) comes from `make_session`, so what is measured and checked is configured as
+what is served; OpenVINO's come from `backends.make_openvino_session`.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import logging
 from pathlib import Path
 
@@ -55,6 +60,38 @@ def preload_cuda_libraries() -> None:
         logger.info("onnxruntime.preload_dlls() could not load the CUDA libraries", exc_info=True)
 
 
+def nvidia_gpu(library: str = "libcuda.so.1") -> tuple[bool, str]:
+    """(a usable NVIDIA GPU is here?, why), asked of the driver's own library, without onnxruntime.
+
+    No driver library (every CPU-only machine and container), a driver that fails to initialise, or
+    zero devices (CUDA_VISIBLE_DEVICES="", say) all mean no.
+    """
+    try:
+        driver = ctypes.CDLL(library)
+    except OSError:
+        return False, f"no NVIDIA driver ({library} is not loadable)"
+    try:
+        status = driver.cuInit(0)
+        if status != 0:
+            return False, f"the NVIDIA driver does not initialise (cuInit error {status})"
+        count = ctypes.c_int(0)
+        status = driver.cuDeviceGetCount(ctypes.byref(count))
+    except AttributeError:
+        return False, f"{library} is not the CUDA driver library"
+    if status != 0 or count.value < 1:
+        return False, "the NVIDIA driver sees no GPU"
+    return True, f"{count.value} NVIDIA GPU(s)"
+
+
+def cpu_only(settings: Settings, why: str) -> list:
+    """[CPU] with one info line saying why; RuntimeError for GANFORGE_DEVICE=cuda."""
+    if settings.device == "cuda":
+        raise RuntimeError(f"GANFORGE_DEVICE=cuda but onnxruntime cannot use the CUDA provider here ({why}); "
+                           "use GANFORGE_DEVICE=auto or cpu")
+    logger.info("onnxruntime: CUDA not tried (%s); running on the CPU", why)
+    return [CPU]
+
+
 def resolve_providers(settings: Settings) -> list:
     """The provider list every session gets, after checking CUDA really works here.
 
@@ -62,24 +99,31 @@ def resolve_providers(settings: Settings) -> list:
     """
     if settings.device == "cpu":
         return [CPU]
+    if settings.backend == "openvino":
+        return cpu_only(settings, "GANFORGE_BACKEND=openvino runs on the CPU")
+    if CUDA not in ort.get_available_providers():
+        return cpu_only(settings, f"this onnxruntime {ort.__version__} build has no CUDA provider")
+    present, why = nvidia_gpu()
+    if not present:
+        return cpu_only(settings, why)
+    # the GPU is there: now onnxruntime's CUDA provider must really initialise on it
     cuda_entry = (CUDA, cuda_options(settings))
-    works = False
-    if CUDA in ort.get_available_providers():
-        preload_cuda_libraries()
-        try:
-            probe = ort.InferenceSession(_PROBE_MODEL, providers=[cuda_entry, CPU])
-            works = CUDA in probe.get_providers()
-        except Exception:  # noqa: BLE001 - any failure means: no CUDA
-            logger.exception("onnxruntime CUDA probe failed")
+    preload_cuda_libraries()
+    try:
+        probe = ort.InferenceSession(_PROBE_MODEL, providers=[cuda_entry, CPU])
+        works = CUDA in probe.get_providers()
+    except Exception:  # noqa: BLE001 - any failure means: no CUDA
+        logger.exception("onnxruntime CUDA probe failed")
+        works = False
     if works:
-        logger.info("onnxruntime: CUDA provider works (device %d)", settings.cuda_device_id)
+        logger.info("onnxruntime: CUDA provider works (device %d; %s)", settings.cuda_device_id, why)
         return [cuda_entry, CPU]
     if settings.device == "cuda":
         raise RuntimeError(
             "GANFORGE_DEVICE=cuda but onnxruntime cannot use the CUDA provider here "
-            "(no GPU, or CUDA/cuDNN libraries missing); use GANFORGE_DEVICE=auto or cpu"
+            "(CUDA/cuDNN libraries missing or not matching the driver); use GANFORGE_DEVICE=auto or cpu"
         )
-    logger.info("onnxruntime: CUDA provider not usable here, running on CPU")
+    logger.warning("onnxruntime: %s, but its CUDA provider does not work; running on the CPU", why)
     return [CPU]
 
 

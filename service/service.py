@@ -34,8 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import handlers, imaging, ui
+from . import handlers, imaging, inference, ui
+from .admission import BOOK
 from .config import Settings
+from .deadline import RequestCancelled
 from .errors import ApiError
 from .handlers import Interpolation
 from .logs import use_log_format
@@ -48,6 +50,13 @@ logger = logging.getLogger("bentoml.ganforge")
 # environment when the module is imported, i.e. when `bentoml serve` starts.
 _BOOT = Settings.from_env()
 use_log_format(_BOOT.log_format)  # BentoML set up its log handlers before importing this module
+
+
+def backstop_timeout(timeout_s: float) -> float:
+    """BentoML's traffic.timeout: a backstop a little after GANFORGE_TIMEOUT_S. The request's own
+    deadline (service/deadline.py) answers first and stops the work; BentoML's answers 504 but
+    lets the sync work go on, so it only catches what the deadline cannot interrupt (an encode)."""
+    return timeout_s + max(10.0, 0.1 * timeout_s)
 
 
 def _as_text(value: Any) -> Any:
@@ -64,16 +73,20 @@ ImageOut = Annotated[Path, ContentType("image/*")]
 def _image_response(fn, *args: Any, **kwargs: Any) -> Response:
     try:
         result = fn(*args, **kwargs)
+    except RequestCancelled as exc:  # logged where it stopped, with its progress
+        return exc.response()
     except ApiError as exc:
         if exc.status >= 500:
-            logger.error("%s", exc.message)
+            (logger.warning if exc.status in (503, 504) else logger.error)("%s", exc.message)
         return exc.response()
     return Response(content=result.body, media_type=result.media_type, headers=result.headers)
 
 
 async def list_models(request: Request) -> JSONResponse:
+    """The registry's models, plus `admission`: this worker's speed estimates and what it refused
+    or cancelled (service/admission.py, service/deadline.py)."""
     service = bentoml.get_current_service()
-    return JSONResponse(service.registry.describe())
+    return JSONResponse({**service.registry.describe(), "admission": BOOK.describe(service.settings.timeout_s)})
 
 
 async def reload_models(request: Request) -> JSONResponse:
@@ -97,7 +110,7 @@ models_app = Starlette(routes=[
     threads=_BOOT.threads,
     # BentoML's limit is per service (split across workers) and answers 429 in its own
     # body shape; the middleware enforces GANFORGE_MAX_CONCURRENCY per worker first.
-    traffic={"timeout": _BOOT.timeout_s, "max_concurrency": 2 * _BOOT.max_concurrency * _BOOT.workers},
+    traffic={"timeout": backstop_timeout(_BOOT.timeout_s), "max_concurrency": 2 * _BOOT.max_concurrency * _BOOT.workers},
 )
 class Ganforge:
     """GAN generators on onnxruntime: generate, translate, upscale."""
@@ -109,6 +122,7 @@ class Ganforge:
         ready = sum(m.ready for m in self.registry.models.values())
         logger.info("ganforge: %d model(s), %d ready, device %s, models dir %s",
                     len(self.registry.models), ready, self.registry.device, self.settings.models_dir)
+        inference.warm_up_all(list(self.registry.models.values()))  # seeds admission's speed estimates
         self._stop_watch = threading.Event()
         if self.settings.reload_poll_s > 0:
             threading.Thread(target=self._watch_models, name="ganforge-reload", daemon=True).start()

@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 
 RAMP_FLOOR = 1e-4  # weight of the dead margin: ~0, but keeps every weight sum positive
+# called before each graph run with (tiles done, tiles in all); it raises to stop the image
+TileCheck = Callable[[int, int], None]
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -30,6 +32,15 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     starts = list(range(0, size - tile, step))
     starts.append(size - tile)
     return starts
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> tuple[list[int], list[int], int, int]:
+    """(row starts, column starts, tile height, tile width) of the tiles `tile_and_blend` runs;
+    one tile (the whole image) when it fits in one."""
+    if height <= tile and width <= tile:
+        return [0], [0], height, width
+    overlap = max(0, min(overlap, tile // 2))
+    return tile_starts(height, tile, overlap), tile_starts(width, tile, overlap), min(tile, height), min(tile, width)
 
 
 def edge_ramp(length: int, ramp: int, margin: int, left: bool, right: bool) -> np.ndarray:
@@ -55,6 +66,7 @@ def tile_and_blend(
     overlap: int,
     scale: int,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
+    check: TileCheck | None = None,
 ) -> np.ndarray:
     """image [C, H, W] -> [C', H*scale, W*scale], computed tile by tile.
 
@@ -69,14 +81,19 @@ def tile_and_blend(
     finished at once: only one tile row's float strip is ever held, not the
     float image (a 2048 -> 8192 upscale holds ~50 MB of strip, not 805 MB of
     float output and its temporaries).
+
+    `check(done, total)` runs before each tile (a cancelled or late request raises there), so a
+    request stops within one tile of being cancelled.
     """
     _, height, width = image.shape
     if height <= tile and width <= tile:
+        if check is not None:
+            check(0, 1)
         y = run(image[None])[0]
         return y if finish is None else finish(y)
     overlap = max(0, min(overlap, tile // 2))
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    th, tw = min(tile, height), min(tile, width)
+    ys, xs, th, tw = tile_grid(height, width, tile, overlap)
+    total, ran = len(ys) * len(xs), 0
     ramp, margin = overlap * scale, (overlap // 4) * scale
     row_weights = [edge_ramp(th * scale, ramp, margin, y0 > 0, y0 + th < height) for y0 in ys]
     col_weights = [edge_ramp(tw * scale, ramp, margin, x0 > 0, x0 + tw < width) for x0 in xs]
@@ -94,7 +111,10 @@ def tile_and_blend(
         top = y0 * scale
         fresh = None
         for x0, wx in zip(xs, col_weights):
+            if check is not None:
+                check(ran, total)
             y = run(image[None, :, y0:y0 + th, x0:x0 + tw])[0]
+            ran += 1
             if fresh is None:
                 fresh = np.zeros((y.shape[0], th * scale, width * scale), dtype=np.float32)
                 if strip is not None:  # rows the previous tile row left unfinished

@@ -57,6 +57,19 @@ def test_precision_rows(smoke):
     assert "fp32/int8" in smoke[1]
 
 
+def test_backends_rows(smoke):
+    section = smoke[0]["sections"]["backends"]
+    assert section["openvino"] and section["fp32_peak_gflops"] > 0 and section["bf16_peak_gflops"] > 0
+    assert {r["model"] for r in section["rows"]} >= {"fashion", "colorize", "sneaker2boot", "srresnet-x4", "srgan-x4"}
+    for r in section["rows"]:
+        assert {"ort fp32", "ov fp32", "ov bf16"} <= set(r["ms"]) and all(v > 0 for v in r["ms"].values())
+        assert r["ort_fp32_over_ov_bf16"] == pytest.approx(r["ms"]["ort fp32"] / r["ms"]["ov bf16"])
+        assert r["psnr_vs_ort_fp32_db"]["ov fp32"] >= 60 and r["psnr_vs_ort_fp32_db"]["ov bf16"] > 0
+        assert r["gflop"] > 0 and r["peak_fraction"]["ov bf16"] > 0
+        assert all(len(v) == r["rounds"] >= 2 for v in r["samples_s"].values())
+    assert "ort/ov bf16" in smoke[1]
+
+
 def test_tuning_rows(smoke):
     tuning = smoke[0]["sections"]["tuning"]
     variants = ["service", "1 thread", "no spinning", "opt extended", "opt basic", "no arena"]
@@ -111,3 +124,14 @@ def test_prints_tables_and_writes_the_plot(smoke):
         assert heading in stdout
     png = (out / "smoke.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_check_says_there_is_no_gpu_and_exits_0(capsys, monkeypatch):
+    """`make gpu-check` elsewhere than on a GPU machine: one line saying why, exit 0, no server started."""
+    from bench import gpu_check
+    from service import launcher
+
+    monkeypatch.setattr("service.runtime.nvidia_gpu", lambda: (False, "no NVIDIA driver (test)"))
+    monkeypatch.setattr(launcher, "running_server", None)  # must not be reached
+    assert gpu_check.main([]) == 0
+    assert capsys.readouterr().out.strip() == "gpu-check: no GPU here (no NVIDIA driver (test)); nothing to check"

@@ -197,3 +197,37 @@ def test_the_service_refuses_a_card_that_breaks_the_contract_naming_the_field(tm
     bad = registry.get("edges2color")
     assert not bad.ready and bad.reason == "invalid card: input.channels must be one of 1, 3, got 5"
     assert sorted(registry.unavailable()) == ["edges2color"]
+
+
+def test_the_endpoint_default_comes_from_the_cards(tmp_path):
+    """No constant names a default model: with several upscalers, a request that names none gets the one
+    whose card says `default: true` (several: the first by name); none marked: a 400 asking to name one."""
+    import shutil
+
+    from service.config import Settings
+    from service.errors import ApiError
+    from service.registry import ModelRegistry
+    from training.fixtures import write_fixture_models
+
+    root = tmp_path / "models"
+    folders = write_fixture_models(root)
+    shutil.copytree(folders["srresnet-x4"], root / "other-x4")
+
+    def mark(name: str, default: bool) -> None:
+        card = mf.read_card(root / name)
+        card.name, card.default = name, default
+        mf.write_card(root / name, card)
+
+    def picked() -> str:
+        return ModelRegistry.load(Settings(models_dir=root, device="cpu")).pick("upscale", None).name
+
+    mark("other-x4", False)
+    with pytest.raises(ApiError) as e:
+        picked()
+    assert e.value.status == 400 and "name one" in str(e.value)
+    mark("other-x4", True)
+    assert picked() == "other-x4"
+    mark("srresnet-x4", True)
+    assert picked() == "other-x4"
+    mark("other-x4", False)
+    assert picked() == "srresnet-x4"

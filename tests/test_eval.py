@@ -272,3 +272,21 @@ def test_sample_sheets_and_metrics_table(models, tiny_datasets, classifier_cache
     assert dc.height >= classes * cards["tiny-dcgan"]["output"]["size"][0] * 2
     # an unknown model is a clear error, not a traceback
     assert sheets.main(["nope", "--models", str(models), "--out", str(out)]) == 2
+
+
+def test_data_config_defaults_only_for_models_without_a_training_run(tmp_path):
+    """A card with a training block but no data section stays an error; a card without one (imported) gets the
+    held-out photos by endpoint (tests/test_import_eval.py measures such models)."""
+    from training.fixtures import write_fixture_models
+
+    folders = write_fixture_models(tmp_path / "models")
+    card = read_card(folders["srresnet-x4"])
+    with pytest.raises(ev.EvalError, match="no data section"):
+        ev.data_config(card, None)
+    card.training = None
+    (tmp_path / "photos").mkdir()
+    assert ev.data_config(card, str(tmp_path / "photos")) == {"kind": "hr_folder", "root": str(tmp_path / "photos"),
+                                                               "scale": 4, "hr_size": None}
+    assert ev.evaluator_for(card, {}) is ev.eval_upscale
+    with pytest.raises(ev.EvalError, match="does not exist.*prepare photos"):
+        ev.data_config(card, str(tmp_path / "nowhere"))

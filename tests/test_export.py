@@ -12,10 +12,9 @@ import torch
 
 from contract import folder as cf
 from contract.folder import ModelDirError, sha256_file, verify_model_dir
-from tiny_configs import tiny_raw
+from tiny_configs import drift_onnxruntime, tiny_raw
 from training import checkpoint as ckpt
 from training import export as ex
-from training.export import build as export_build
 from training.config import load_config
 from training.data import FASHION_MNIST_CLASSES
 from training.recipes.base import Recipe
@@ -244,16 +243,7 @@ def test_parity_over_tolerance_refuses_and_keeps_the_old_model(tiny_ckpts, tmp_p
     assert rc == 3
     assert "refusing to publish 'sr'" in err and "exceeds the tolerance 0.0e+00 by" in err
 
-    real_session = export_build.cpu_session
-
-    class Perturbed:  # onnxruntime drifting by 1e-3: over the default 1e-4 tolerance
-        def __init__(self, path):
-            self.inner = real_session(path)
-
-        def run(self, names, feeds):
-            return [y + 1e-3 for y in self.inner.run(names, feeds)]
-
-    monkeypatch.setattr(export_build, "cpu_session", Perturbed)
+    drift_onnxruntime(monkeypatch, 1e-3)  # over the default 1e-4 tolerance
     with pytest.raises(ex.ParityError, match=r"max abs error 1\.0\d*e-03 exceeds the tolerance 1\.0e-04 by 9\.\d+e-04"):
         quick_export(tiny_ckpts["dcgan"], out)
     assert version(first) == v1 and verify_model_dir(first)

@@ -201,8 +201,9 @@ def test_precision_setting_parses_defaults_and_per_model_entries():
     s = Settings.from_env({"GANFORGE_PRECISION": "int8, colorize:fp32"})
     assert (s.precision_for("srresnet-x4"), s.precision_for("colorize")) == ("int8", "fp32")
     s = Settings.from_env({"GANFORGE_PRECISION": "srgan-x4:int8"})
-    assert (s.precision_for("srgan-x4"), s.precision_for("fashion")) == ("int8", "fp32")
-    assert Settings.from_env({}).precision_for("x") == "fp32"
+    # the default is auto (bf16 where OpenVINO, the CPU and the card's gate allow, else fp32: test_backends.py)
+    assert (s.precision_for("srgan-x4"), s.precision_for("fashion")) == ("int8", "auto")
+    assert Settings.from_env({}).precision_for("x") == "auto"
     for bad in ("int4", "fp32,int8", "a:int8,a:fp32", "a:"):
         with pytest.raises(SettingsError, match="GANFORGE_PRECISION"):
             Settings.from_env({"GANFORGE_PRECISION": bad})

@@ -90,7 +90,8 @@ def test_models_lists_cards_and_providers(client):
     assert sorted(models) == ["edges2color", "fashion-dcgan", "shoe2boot", "srresnet-x4"]
     for m in models.values():
         assert m["status"] == "ready" and m["reason"] is None
-        assert m["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+        assert m["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider", "OpenVINO:CPU")
+        assert m["backend"] in ("onnxruntime", "openvino") and m["device"] in ("cpu", "cuda") and m["precision_reason"]
         assert m["version"] and m["endpoint"] in ("generate", "translate", "upscale")
     assert models["fashion-dcgan"]["classes"][7] == "Sneaker"
     assert models["shoe2boot"]["directions"] == ["a2b", "b2a"]

@@ -39,3 +39,19 @@ def export_tiny_models(data: dict[str, Path], runs: Path, out: Path, log, srgan_
         ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], f"tiny-{family}", out, exporter="torchscript",
                              fp16=False, log=log)
     return out
+
+
+def drift_onnxruntime(monkeypatch, by: float) -> None:
+    """Export's parity sessions (training.export.build.cpu_session) answer `by` off onnxruntime's output."""
+    from training.export import build as export_build
+
+    real_session = export_build.cpu_session
+
+    class Drifting:
+        def __init__(self, path):
+            self.inner = real_session(path)
+
+        def run(self, names, feeds):
+            return [y + by for y in self.inner.run(names, feeds)]
+
+    monkeypatch.setattr(export_build, "cpu_session", Drifting)

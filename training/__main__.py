@@ -1,4 +1,4 @@
-"""ganforge training CLI: `python -m training {train,prepare,export,eval,quantize,optimize,sheets} ...`."""
+"""ganforge training CLI: `python -m training {train,prepare,export,import,eval,quantize,optimize,bf16,sheets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,11 @@ def _export(argv: list[str]) -> int:
     return export.main(argv) or 0
 
 
+def _import(argv: list[str]) -> int:
+    from .importer import cli
+    return cli.main(argv) or 0
+
+
 def _eval(argv: list[str]) -> int:
     from . import evaluate
     return evaluate.main(argv) or 0
@@ -34,6 +39,11 @@ def _optimize(argv: list[str]) -> int:
     return optimize.main(argv) or 0
 
 
+def _bf16(argv: list[str]) -> int:
+    from . import bf16
+    return bf16.main(argv) or 0
+
+
 def _sheets(argv: list[str]) -> int:
     from . import sheets
     return sheets.main(argv) or 0
@@ -42,9 +52,11 @@ def _sheets(argv: list[str]) -> int:
 # verbs whose module parses its own arguments (so `export --rollback NAME` and `eval --help` work)
 DELEGATED = {
     "export": (_export, "export a checkpoint to ONNX and publish it into models/ (--rollback, --verify)"),
+    "import": (_import, "publish someone else's generator weights (junyanz, ESRGAN, spandrel archs) as a model"),
     "eval": (_eval, "measure a published model on held-out data (writes its card)"),
     "quantize": (_quantize, "write an int8 (QDQ) variant of a published model for the CPU provider"),
     "optimize": (_optimize, "apply the measured exact graph rewrites to a published model (export does it too)"),
+    "bf16": (_bf16, "measure OpenVINO bf16 against fp32 on a published model and record the gate in its card"),
     "sheets": (_sheets, "sample sheets (PNG) of published models on held-out data, and a metrics table"),
 }
 

@@ -3,6 +3,12 @@
 A run config has four parts: `data` (the reader, see data.py), `model` (the
 family's network config), `loss` (the family's loss weights) and `train` (the
 loop). `model` and `loss` are typed by the family's recipe (registry.py).
+
+`init_from` (top level, optional) starts a fresh run's generator(s) from weights
+made elsewhere (a file `python -m training import` reads: Real-ESRGAN/ESRGAN for
+`arch: rrdb`, junyanz generators for `resnet` / `unet`): one file, or for
+cyclegan a list [G_A file, G_B file]. A resumed run ignores it (its checkpoint
+carries the weights). See training/recipes/init_from.py.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ class RunConfig:
     model: Any = None
     loss: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    init_from: str | list[str] | None = None  # imported weights for the generator(s) at a fresh start
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -117,7 +124,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
     if "family" not in raw:
         raise ValueError(f"{path or 'config'}: missing 'family' (one of {', '.join(FAMILIES)})")
     recipe_cls = get_recipe_class(raw["family"])
-    known = {"family", "name", "seed", "data", "model", "loss", "train"}
+    known = {"family", "name", "seed", "data", "model", "loss", "train", "init_from"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown top-level key(s): {', '.join(unknown)}")
@@ -129,4 +136,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
         model=coerce(recipe_cls.ModelConfig, raw.get("model"), "model"),
         loss=coerce(recipe_cls.LossConfig, raw.get("loss"), "loss"),
         train=coerce(TrainConfig, raw.get("train"), "train"),
+        init_from=init_files(raw.get("init_from")),
     )
+
+
+def init_files(value: Any) -> str | list[str] | None:
+    """`init_from`: null, one file, or a list of files (one per generator)."""
+    if value is None or value == [] or value == "":
+        return None
+    if isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, Path)) and str(v) for v in value):
+        return [str(v) for v in value]
+    raise ValueError(f"init_from must be a file or a list of files, got {value!r}")

@@ -26,8 +26,15 @@ training/metrics.py.
   split, next to the same distance for real training images (the floor).
 
 Which evaluation a model gets comes from training/registry.py (its family's
-`evaluate` entry); a family the registry does not know (an imported model) gets
-the evaluation of a known family with the same endpoint and graph roles.
+`evaluate` entry); a family the registry does not know gets the evaluation of a
+known family with the same endpoint and graph roles.
+
+A card without a `training` block (`python -m training import`) names no dataset: eval reads the held-out
+photos of `data/photos` (`python -m training prepare photos`; --data-root DIR overrides). upscale: as srgan,
+at the card's native scale (2, 3, 4, 8; peers only where their files exist: x4); translate a2b + b2a: cycle
+L1 both ways on the same photos (shorter side resized, centre square of a size the card allows), or on the
+domains of a --data-root in the CycleGAN layout (testA/, testB/); one direction: output statistics vs the
+inputs (colourfulness, change, spread). Such figures carry `measured` (what, on which data).
 """
 from __future__ import annotations
 
@@ -47,7 +54,7 @@ from contract import Card, CardError
 from contract.folder import ModelDirError, model_lock, verify_model_dir, write_card
 from service import inference
 from service.config import Settings
-from service.imaging import DecodedImage
+from service.imaging import DecodedImage, to_channels
 from service.loading import ServedModel, load_model
 from service.runtime import CPU
 
@@ -58,10 +65,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ANCHORS = REPO_ROOT.parent / "shared" / "anchors" / "sr"
 ANCHORS = (("fsrcnn", "FSRCNN"), ("espcn", "ESPCN"), ("lapsrn", "LapSRN"))
 PROVIDER = CPU
-# The service as GANFORGE_DEVICE=cpu with nothing else set, and no environment read: the fp32 graphs,
-# the card's tile and overlap, no batching (one request at a time).
-SERVICE_SETTINGS = Settings(device="cpu", precision="fp32", tile=0, tile_overlap=-1, batch_max=1)
+# The service on the CPU with no environment read: the reference fp32 graphs on onnxruntime (a backend or
+# precision change is measured against it: variants.bf16 / int8), the card's tile and overlap, no batching.
+SERVICE_SETTINGS = Settings(device="cpu", backend="onnxruntime", precision="fp32", tile=0, tile_overlap=-1,
+                            batch_max=1)
 GENERATE_BATCH = 256
+DEFAULT_PHOTOS = "data/photos"  # held-out photos for a model without a training config (`prepare photos`)
+TRANSLATE_EDGE = 256  # the square an imported translate model is measured at (junyanz trains at 256)
 
 
 class EvalError(RuntimeError):
@@ -118,8 +128,11 @@ def family_of(card: Card) -> Family:
 # ------------------------------------------------------------------ data
 
 def data_config(card: Card, data_root: str | None) -> dict[str, Any]:
-    config = (card.training.config if card.training is not None else None) or {}
-    data = dict(config.get("data") or {})
+    """The dataset section eval reads: the card's training config's, or for a model without a training run
+    (imported) the held-out photos (see imported_data)."""
+    if card.training is None:
+        return imported_data(card, data_root)
+    data = dict((card.training.config or {}).get("data") or {})
     if not data:
         raise EvalError("the card's training.config has no data section: pass --data-root and a known model")
     if data_root:
@@ -297,9 +310,7 @@ def eval_pix2pix(job: EvalJob) -> dict[str, Any]:
     per_image = min(8, max(1, math.ceil(32 / max(n_src, 1))))  # a few crops each when the split is small
     total = n_src * per_image if job.limit is None else min(job.limit, n_src * per_image)
     rows: dict[str, list[float]] = {}
-
-    def add(key: str, value: float) -> None:
-        rows.setdefault(key, []).append(value)
+    add = lambda key, value: append(rows, key, value)  # noqa: E731
 
     for j in range(total):
         i, k = j % n_src, j // n_src
@@ -338,8 +349,7 @@ def eval_cyclegan(job: EvalJob) -> dict[str, Any]:
         raise EvalError("the held-out split has no images in one of the domains")
     fake_b, fake_a = translate_batch(job.served, "a2b", a), translate_batch(job.served, "b2a", b)
     rec_a, rec_b = translate_batch(job.served, "b2a", fake_b), translate_batch(job.served, "a2b", fake_a)
-    l1 = lambda x, y: float(np.abs(x.astype(np.float64) - y).mean() / 255.0)  # noqa: E731
-    result: dict[str, Any] = {"cycle_l1_a": l1(rec_a, a), "cycle_l1_b": l1(rec_b, b),
+    result: dict[str, Any] = {"cycle_l1_a": mean_l1(rec_a, a), "cycle_l1_b": mean_l1(rec_b, b),
                               "images_a": int(len(a)), "images_b": int(len(b))}
     if kind == "fashion_mnist_domains":
         from .data import FASHION_MNIST_CLASSES
@@ -400,6 +410,110 @@ def eval_generate(job: EvalJob) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ models without a training run (imported)
+
+def imported_data(card: Card, data_root: str | None) -> dict[str, Any]:
+    """Held-out photos for a card that names no dataset: DEFAULT_PHOTOS (or --data-root) as an hr_folder at the
+    card's native scale; for a two-direction model, a root in the CycleGAN layout (testA/, testB/) as domains."""
+    root = Path(data_root or DEFAULT_PHOTOS)
+    if not root.is_dir():
+        raise EvalError(f"dataset root {str(root)!r} does not exist ({card.name} has no training config, so it is "
+                        f"measured on held-out photos: run `python -m training prepare photos` or use --data-root DIR)")
+    if card.directions and (root / "testA").is_dir() and (root / "testB").is_dir():
+        io = card.role_io("a2b").input
+        edge = translate_edge(card, "a2b")
+        return {"kind": "unaligned", "root": str(root), "load_size": edge, "crop_size": edge, "channels": io.channels}
+    return {"kind": "hr_folder", "root": str(root), "scale": card.scale, "hr_size": None}
+
+
+def evaluator_for(card: Card, data: dict[str, Any]) -> Callable[[EvalJob], dict[str, Any]]:
+    """The family's evaluator; for a card without a training run, the one its endpoint and roles allow."""
+    if card.training is not None:
+        return family_of(card).evaluator()
+    if card.endpoint == "upscale":
+        return eval_upscale
+    if card.endpoint == "translate":
+        return eval_cyclegan if card.directions and data.get("kind") == "unaligned" else eval_translate_photos
+    raise EvalError(f"no held-out evaluation without a training config for a {card.endpoint} model")
+
+
+def measured_note(card: Card, data: dict[str, Any]) -> str | None:
+    """What an imported model's figures are, on which data (None for a model with its own training data)."""
+    if card.training is not None:
+        return None
+    root, s, edge = shown_path(data["root"]), card.scale, translate_edge(card, "a2b" if card.directions else "generator")
+    if card.endpoint == "upscale":
+        what = f"held-out photos of {root}; Y-PSNR/SSIM at the native x{s} (LR = PIL bicubic /{s} of each HR) vs bicubic"
+    elif data["kind"] == "unaligned":
+        what = f"the domain images of {root} (testA, testB); cycle L1 both ways"
+    else:
+        what = f"held-out photos of {root}, shorter side resized to {edge}, centre {edge}x{edge} crop; " + (
+            "cycle L1 both ways on the same photos (no domain split)" if card.directions
+            else "output statistics vs the inputs (no paired targets)")
+    return f"no training config (imported): {what}"
+
+
+def translate_edge(card: Card, role: str) -> int:
+    """The square eval feeds a translate graph: TRANSLATE_EDGE (or min_size) rounded up to the card's multiple."""
+    io = card.role_io(role).input
+    m = max(1, io.multiple_of)
+    return -(-max(TRANSLATE_EDGE, io.min_size) // m) * m
+
+
+def photo_inputs(job: EvalJob, role: str) -> list[np.ndarray]:
+    """The held-out photos as uint8 squares for graph `role` (its channels): shorter side resized, centre crop."""
+    from .data import load_image, resize_shorter
+
+    edge, channels = translate_edge(job.card, role), job.card.role_io(role).input.channels
+    out = []
+    for path in reader(job.data, hr_size=None).paths[:job.limit]:
+        im = resize_shorter(load_image(path, "RGB"), edge)
+        x0, y0 = (im.width - edge) // 2, (im.height - edge) // 2
+        out.append(to_channels(np.asarray(im.crop((x0, y0, x0 + edge, y0 + edge))), channels))
+    if not out:
+        raise EvalError("the held-out split has no images")
+    return out
+
+
+def mean_l1(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.abs(x.astype(np.float64) - y).mean() / 255.0)
+
+
+def append(rows: dict[str, list[float]], key: str, value: float) -> None:
+    rows.setdefault(key, []).append(value)
+
+
+def image_stats(rows: dict[str, list[float]], key: str, img: np.ndarray) -> None:
+    """Append `key`colourfulness (RGB only) and `key`std (pixel spread, 0..1) of one image to rows."""
+    if img.shape[2] == 3:
+        append(rows, f"{key}colourfulness", colourfulness(img))
+    append(rows, f"{key}std", float(img.std() / 255.0))
+
+
+def eval_translate_photos(job: EvalJob) -> dict[str, Any]:
+    """No targets. One direction: output statistics vs the inputs (colourfulness, change, spread);
+    a2b + b2a: besides, the cycle L1 both ways (b2a(a2b(x)), a2b(b2a(x))) on the same photos."""
+    rows: dict[str, list[float]] = {}
+    roles = ("a2b", "b2a") if job.card.directions else ("generator",)
+    inputs = {role: photo_inputs(job, role) for role in roles}
+    for i, first in enumerate(inputs[roles[0]]):
+        image_stats(rows, "input_", first)
+        for role in roles:
+            x = inputs[role][i]
+            out, key = translate(job.served, role, x), "" if role == "generator" else f"{role}_"
+            image_stats(rows, key, out)
+            if out.shape[2] == x.shape[2]:
+                append(rows, f"{key}change_l1", mean_l1(out, x))
+            if role != "generator":  # a2b starts cycle a, b2a cycle b
+                back = translate(job.served, "b2a" if role == "a2b" else "a2b", out)
+                append(rows, f"cycle_l1_{role[0]}", mean_l1(back, x))
+    result: dict[str, Any] = {k: float(np.mean(v)) for k, v in sorted(rows.items())}
+    n, edge = len(inputs[roles[0]]), translate_edge(job.card, roles[0])
+    result.update(size=[edge, edge], **({"images_a": n, "images_b": n, "target_share_note": "no domain classifier "
+                 "and no domain split (the same photos both ways)"} if job.card.directions else {"images": n}))
+    return result
+
+
 # ------------------------------------------------------------------ driver
 
 def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: int | None = None,
@@ -416,13 +530,16 @@ def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: i
         raise EvalError(f"--limit must be >= 1, got {limit}")
     served = load_served(model_dir)
     card = served.card
-    evaluator = family_of(card).evaluator()
     data = data_config(card, data_root)
+    evaluator = evaluator_for(card, data)
     log(f"evaluating {model_dir.name} ({card.family}, version {card.version}) on {data.get('root')} (test split)")
     job = EvalJob(served, data, limit=limit, crop=crop, anchors_dir=Path(anchors_dir) if anchors_dir else None,
                   samples_per_class=samples_per_class, seed=seed, classifier_cache=Path(classifier_cache),
                   classifier_steps=classifier_steps, log=log)
     result = evaluator(job)
+    note = measured_note(card, data)
+    if note:
+        result["measured"] = note
     result.update(split="test", data_root=shown_path(data.get("root")),
                   runtime=f"onnxruntime {served.provider} {served.precision} (the service's pipeline)",
                   model_version=card.version, seed=seed,
@@ -450,7 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(metrics.heldout).")
     p.add_argument("name", help="model name (folder under --models)")
     p.add_argument("--models", default="models", help="the models folder (default: models)")
-    p.add_argument("--data-root", help="dataset root (default: the one in the card's training config)")
+    p.add_argument("--data-root", help="dataset root (default: the one in the card's training config; for a model "
+                                       "without one, e.g. imported: data/photos, the held-out photos of "
+                                       "`python -m training prepare photos`, or a CycleGAN testA/testB root)")
     p.add_argument("--limit", type=int, help="use at most N held-out images (per domain for cyclegan)")
     p.add_argument("--crop", type=int, default=512,
                    help="upscale: centre crop of each held-out photo, in HR pixels (0 = whole photo, tiled)")

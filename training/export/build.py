@@ -1,19 +1,29 @@
 """The phases of one export, each writing into the staging folder: the roles' graphs (exported,
-checked, optimized, measured against torch), the parity gate, the fp16 variant, the card."""
+checked, optimized, measured against torch), the parity gate, the fp16 variant, the card.
+
+`build_graphs` is the part that needs no recipe (export specs, options, parity cases): export's
+`build` and the importer (training/importer/publish.py) both go through it.
+"""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from contract import Card
+from contract import Card, Variant
 from contract.folder import file_entry
 
 from .card import write_card
 from .fp16 import fp16_variant
 from .graph import check_graph, export_graph, graph_io
-from .options import ExportError, Exported, ExportJob, ParityError
-from .parity import cpu_session, measure, parity_cases
+from .options import ExportError, Exported, ExportJob, ExportOptions, ParityError
+from .parity import Case, cpu_session, measure, parity_cases
+
+# role, spec -> (parity cases, what the card says about them)
+CasesFor = Callable[[str, Any], "tuple[list[Case], dict[str, Any]]"]
+# path, role, spec: called on each role's written graph before its parity is measured (raise to refuse)
+Probe = Callable[[Path, str, Any], None]
 
 
 def optimize_role(path: Path, role: str, exported: Exported) -> None:
@@ -26,16 +36,18 @@ def optimize_role(path: Path, role: str, exported: Exported) -> None:
         check_graph(path, role)
 
 
-def export_role(staging: Path, role: str, spec, job: ExportJob, exported: Exported) -> None:
+def write_role(staging: Path, role: str, spec, options: ExportOptions, exported: Exported,
+               cases_for: CasesFor, log, probe: Probe | None = None) -> None:
     """Write `<role>.onnx`, check it, optimize it, measure it against torch; recorded in `exported`."""
-    options, log = job.options, job.log
     path = staging / f"{role}.onnx"
     t0 = time.perf_counter()
     exported.used.add(export_graph(spec, path, options.exporter, log))
     check_graph(path, role)
     if options.optimize:
         optimize_role(path, role, exported)
-    cases, info = parity_cases(job.recipe.family, role, spec, job.recipe.cfg, options.data_root)
+    if probe is not None:
+        probe(path, role, spec)
+    cases, info = cases_for(role, spec)
     errs = measure(cpu_session(path), spec, cases)
     for kind, err in errs.items():
         exported.worst[kind] = max(exported.worst.get(kind, 0.0), err)
@@ -50,6 +62,14 @@ def export_role(staging: Path, role: str, spec, job: ExportJob, exported: Export
     exported.files[role] = file_entry(staging, path.name)
 
 
+def recipe_cases(job: ExportJob) -> CasesFor:
+    """The recipe's parity cases (real held-out inputs where its family names the dataset field)."""
+    def cases_for(role: str, spec) -> tuple[list[Case], dict[str, Any]]:
+        return parity_cases(job.recipe.family, role, spec, job.recipe.cfg, job.options.data_root)
+
+    return cases_for
+
+
 def check_parity(name: str, exported: Exported, tolerance: float) -> float:
     """The worst torch-vs-onnxruntime error over every role and input; ParityError over the tolerance."""
     max_abs = max(exported.worst.values())
@@ -62,13 +82,20 @@ def check_parity(name: str, exported: Exported, tolerance: float) -> float:
     return max_abs
 
 
+def build_graphs(staging: Path, name: str, specs: dict[str, Any], options: ExportOptions, cases_for: CasesFor,
+                 log, probe: Probe | None = None) -> tuple[Exported, dict[str, Variant]]:
+    """Every role's graph, the parity gate (ParityError over the tolerance) and the fp16 variant."""
+    exported = Exported()
+    for role, spec in specs.items():
+        write_role(staging, role, spec, options, exported, cases_for, log, probe)
+    exported.max_abs = check_parity(name, exported, options.tolerance)
+    variants = {}
+    if options.fp16:
+        variants["fp16"] = fp16_variant(staging, specs, exported.cases, options.fp16_tolerance, log)
+    return exported, variants
+
+
 def build(staging: Path, job: ExportJob) -> Card:
     """Write and check every file of the folder into `staging`; raises ParityError over the tolerance."""
-    exported = Exported()
-    for role, spec in job.specs.items():
-        export_role(staging, role, spec, job, exported)
-    exported.max_abs = check_parity(job.name, exported, job.options.tolerance)
-    variants = {}
-    if job.options.fp16:
-        variants["fp16"] = fp16_variant(staging, job.specs, exported.cases, job.options.fp16_tolerance, job.log)
+    exported, variants = build_graphs(staging, job.name, job.specs, job.options, recipe_cases(job), job.log)
     return write_card(staging, job, exported, variants)

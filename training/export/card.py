@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from contract import SCHEMA_VERSION, Card, CardError, Metrics, RoleIO, Training, Variant
 from contract.folder import content_version, sha256_file, utc_now, utc_stamp, write_card_durably
@@ -57,31 +57,37 @@ def default_description(job: ExportJob) -> str:
             f"{steps} steps on {data}")
 
 
-def eval_mode_notes(recipe, specs: dict[str, Any]) -> list[str]:
+def eval_mode_notes(specs: dict[str, Any], batch_norm_note: str = "") -> list[str]:
+    """What eval mode means for the specs' modules (batch norm statistics, dropout)."""
     import torch
     modules = [m for s in specs.values() for m in s.module.modules()]
     notes = []
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
-        notes.append("batch norm is exported in eval mode with its running statistics" + recipe.batch_norm_note)
+        notes.append("batch norm is exported in eval mode with its running statistics" + batch_norm_note)
     if any(isinstance(m, torch.nn.Dropout) for m in modules):
         notes.append("dropout is off (eval mode): the graph is deterministic")
     return notes
 
 
-def spec_fields(job: ExportJob) -> dict[str, Any]:
-    """The export spec's blocks, the recipe's `card_fields()` and a `roles` block when roles differ."""
-    specs = job.specs
+def io_fields(specs: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The export specs' blocks (input, output, tiling, latent_dim), `extra` card blocks, and a `roles`
+    block when the roles' I/O differ; typed (CardError names the field)."""
     first = next(iter(specs.values()))
     fields = {key: typed(key, first.card[key]) for key in SPEC_BLOCKS if key in first.card}
-    extra = dict(job.recipe.card_fields())
-    if "label" not in first.input_names:  # class names label a graph's `label` input
-        extra.pop("classes", None)
-    fields.update({key: typed(key, value) for key, value in extra.items()})
+    fields.update({key: typed(key, value) for key, value in (extra or {}).items()})
     io = {role: (s.card.get("input"), s.card.get("output")) for role, s in specs.items()}
     if len(set(map(json.dumps, io.values()))) > 1:
         fields["roles"] = {role: from_plain(RoleIO, {"input": i, "output": o}, f"roles.{role}")
                            for role, (i, o) in io.items()}
     return fields
+
+
+def spec_fields(job: ExportJob) -> dict[str, Any]:
+    """`io_fields` with the recipe's `card_fields()` (classes only for a graph with a `label` input)."""
+    extra = dict(job.recipe.card_fields())
+    if "label" not in next(iter(job.specs.values())).input_names:  # class names label a graph's `label` input
+        extra.pop("classes", None)
+    return io_fields(job.specs, extra)
 
 
 def parity_block(exported: Exported, tolerance: float) -> dict[str, Any]:
@@ -97,31 +103,44 @@ def parity_block(exported: Exported, tolerance: float) -> dict[str, Any]:
     return block
 
 
-def build_card(job: ExportJob, exported: Exported, variants: dict[str, Variant], staging: Path) -> Card:
-    """The folder's card; CardError (naming the field) when something breaks the contract."""
-    recipe, options = job.recipe, job.options
-    when = utc_now()
+def graph_fields(staging: Path, exported: Exported, variants: dict[str, Variant], tolerance: float,
+                 when) -> dict[str, Any]:
+    """The card fields every exported folder has, from its files: version, opset, exporter, runtimes,
+    files, variants, rewrites, graph I/O and the parity metrics."""
     onnx_files = [e.path for e in exported.files.values()]
     onnx_files += [e.path for v in variants.values() for e in v.files.values()]
     first_file = staging / next(iter(exported.files.values())).path
-    notes = eval_mode_notes(recipe, job.specs)
-    return Card(
-        schema=SCHEMA_VERSION, name=job.name, endpoint=recipe.endpoint, family=recipe.family, default=options.default,
-        description=options.description or default_description(job),
-        version=content_version(staging, onnx_files, when), exported_at=utc_stamp(when),
+    return dict(
+        schema=SCHEMA_VERSION, version=content_version(staging, onnx_files, when), exported_at=utc_stamp(when),
         opset=opset_of(first_file), exporter=exported.exporter, runtimes=runtimes(), files=exported.files,
         variants=variants,
         optimized={"rewrites": exported.rewrites, "at": utc_stamp(when)} if exported.rewrites else None,
-        graph=typed("graph", exported.graph), **spec_fields(job), notes=notes or None,
-        training=training_block(job),
-        metrics=Metrics(parity_max_abs=exported.max_abs, parity=parity_block(exported, options.tolerance)))
+        graph=typed("graph", exported.graph),
+        metrics=Metrics(parity_max_abs=exported.max_abs, parity=parity_block(exported, tolerance)))
+
+
+def build_card(job: ExportJob, exported: Exported, variants: dict[str, Variant], staging: Path) -> Card:
+    """The folder's card; CardError (naming the field) when something breaks the contract."""
+    recipe, options = job.recipe, job.options
+    notes = eval_mode_notes(job.specs, recipe.batch_norm_note)
+    return Card(
+        name=job.name, endpoint=recipe.endpoint, family=recipe.family, default=options.default,
+        description=options.description or default_description(job),
+        **graph_fields(staging, exported, variants, options.tolerance, utc_now()), **spec_fields(job),
+        notes=notes or None, training=training_block(job))
+
+
+def publish_card(staging: Path, name: str, make: Callable[[], Card]) -> Card:
+    """Build (`make()`), validate and write card.json into `staging`; a card that breaks the contract
+    is an ExportError naming the field."""
+    try:
+        card = make()
+        write_card_durably(staging, card)
+    except CardError as e:
+        raise ExportError(f"refusing to publish {name!r}: the card breaks the contract: {e}") from e
+    return card
 
 
 def write_card(staging: Path, job: ExportJob, exported: Exported, variants: dict[str, Variant]) -> Card:
     """Build, validate and write card.json into `staging`; a card that breaks the contract is an ExportError."""
-    try:
-        card = build_card(job, exported, variants, staging)
-        write_card_durably(staging, card)
-    except CardError as e:
-        raise ExportError(f"refusing to publish {job.name!r}: the card breaks the contract: {e}") from e
-    return card
+    return publish_card(staging, job.name, lambda: build_card(job, exported, variants, staging))

@@ -123,20 +123,26 @@ def real_cases(family: str, role: str, cfg, data_root: str | None, card_in: dict
     return cases
 
 
-def parity_cases(family: str, role: str, spec, cfg, data_root: str | None,
-                 seed: int = 0) -> tuple[list[Case], dict[str, Any]]:
-    """The inputs one role is checked on, and what the card says about them."""
+def random_cases(card_in: dict[str, Any], seed: int = 0) -> tuple[list[Case], dict[str, Any]]:
+    """Uniform random images in the input's value range at the two `parity_sizes`, batch 1 and 2."""
     rng = np.random.default_rng(seed)
-    if "input" not in spec.card:  # generator: z [N, latent] (+ label [N])
-        return generator_cases(spec, cfg, rng)
-    card_in = spec.card["input"]
     c = int(card_in["channels"])
     lo, hi = card_in.get("range", [-1.0, 1.0])
     sizes = parity_sizes(card_in)
     batches = [1, 2]
     cases = [Case("random", {"image": rng.uniform(lo, hi, (n, c, h, w)).astype(np.float32)})
              for h, w in sizes for n in batches]
-    info: dict[str, Any] = {"sizes": sizes, "batches": batches}
+    return cases, {"sizes": sizes, "batches": batches}
+
+
+def parity_cases(family: str, role: str, spec, cfg, data_root: str | None,
+                 seed: int = 0) -> tuple[list[Case], dict[str, Any]]:
+    """The inputs one role is checked on, and what the card says about them."""
+    if "input" not in spec.card:  # generator: z [N, latent] (+ label [N])
+        return generator_cases(spec, cfg, np.random.default_rng(seed))
+    card_in = spec.card["input"]
+    cases, info = random_cases(card_in, seed)
+    sizes, batches = info["sizes"], info["batches"]
     return cases + real_cases(family, role, cfg, data_root, card_in, sizes, batches, info), info
 
 
@@ -162,7 +168,8 @@ def measure(session, spec, cases: list[Case], reference: Callable | None = None)
         got = session.run(["output"], case.feeds)[0]
         if reference is None:
             with torch.no_grad():
-                want = spec.module(*[torch.from_numpy(case.feeds[n]) for n in spec.input_names]).numpy()
+                # a copy: a network may change its input in place (spandrel's RCAN does); the case is reused
+                want = spec.module(*[torch.from_numpy(case.feeds[n].copy()) for n in spec.input_names]).numpy()
         else:
             want = reference(case.feeds)
         if got.shape != want.shape:

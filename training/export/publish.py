@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from contract import Card
 from contract.folder import LockBusy, check_name, staged_version
@@ -43,6 +44,16 @@ def load_job(checkpoint: str | Path, name: str, options: ExportOptions, log) -> 
     return ExportJob(name, checkpoint, payload, recipe, specs, options, log)
 
 
+def publish_folder(out: Path, name: str, write: Callable[[Path], Card]) -> Card:
+    """`write(staging)` under NAME's lock, then installed atomically as OUT/NAME (the old version kept as
+    OUT/.NAME.prev); on any exception the staging folder is removed and nothing is published."""
+    try:
+        with staged_version(Path(out), name, log=_warn) as staging:
+            return write(staging)
+    except LockBusy as e:
+        raise ExportError(str(e)) from None
+
+
 def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "models",
                       tolerance: float = DEFAULT_TOLERANCE, fp16: bool = True,
                       fp16_tolerance: float = DEFAULT_FP16_TOLERANCE, description: str | None = None,
@@ -57,11 +68,7 @@ def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "mode
     options.check()
     job = load_job(checkpoint, name, options, log)
     out = Path(out)
-    try:
-        with staged_version(out, name, log=_warn) as staging:
-            card = build(staging, job)
-    except LockBusy as e:
-        raise ExportError(str(e)) from None
+    card = publish_folder(out, name, lambda staging: build(staging, job))
     result = ExportResult(out / name, card, card.metrics.parity_max_abs)
     log(f"published {result.path} (version {card.version}; parity max abs "
         f"{result.parity_max_abs:.2e} <= {tolerance:g})")

@@ -23,6 +23,9 @@ class UNetConfig:
     ngf: int = 64
     norm: str = "batch"
     dropout: bool = True
+    # True: conv biases only with instance norm, as junyanz's UnetGenerator decides (differs from the
+    # default rule, bias unless batch norm, only for norm "none"); set by `import` for their --norm none
+    junyanz_bias: bool = False
 
     @property
     def multiple_of(self) -> int:
@@ -33,12 +36,13 @@ class UNetBlock(nn.Module):
     """One U-Net level: down -> submodule -> up, with the skip concatenation."""
 
     def __init__(self, outer: int, inner: int, in_ch: int | None = None, sub: nn.Module | None = None,
-                 outermost: bool = False, innermost: bool = False, norm: str = "batch", dropout: bool = False):
+                 outermost: bool = False, innermost: bool = False, norm: str = "batch", dropout: bool = False,
+                 use_bias: bool | None = None):
         super().__init__()
         self.outermost = outermost
         in_ch = outer if in_ch is None else in_ch
         norm_cls = norm_layer(norm)
-        use_bias = norm != "batch"
+        use_bias = norm != "batch" if use_bias is None else use_bias
         down = nn.Conv2d(in_ch, inner, 4, 2, 1, bias=use_bias)  # H -> H/2
         if outermost:
             up = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1)
@@ -69,14 +73,15 @@ class UNetGenerator(nn.Module):
         if cfg.num_downs < 5:
             raise ValueError("num_downs must be >= 5 (the outer four levels widen ngf -> 8*ngf)")
         self.cfg = cfg
-        f, n = cfg.ngf, cfg.norm
-        block = UNetBlock(f * 8, f * 8, innermost=True, norm=n)  # 1/2^num_downs resolution
+        f = cfg.ngf
+        kw = {"norm": cfg.norm, "use_bias": cfg.norm == "instance" if cfg.junyanz_bias else None}
+        block = UNetBlock(f * 8, f * 8, innermost=True, **kw)  # 1/2^num_downs resolution
         for _ in range(cfg.num_downs - 5):
-            block = UNetBlock(f * 8, f * 8, sub=block, norm=n, dropout=cfg.dropout)
-        block = UNetBlock(f * 4, f * 8, sub=block, norm=n)
-        block = UNetBlock(f * 2, f * 4, sub=block, norm=n)
-        block = UNetBlock(f, f * 2, sub=block, norm=n)
-        self.model = UNetBlock(cfg.out_channels, f, in_ch=cfg.in_channels, sub=block, outermost=True, norm=n)
+            block = UNetBlock(f * 8, f * 8, sub=block, dropout=cfg.dropout, **kw)
+        block = UNetBlock(f * 4, f * 8, sub=block, **kw)
+        block = UNetBlock(f * 2, f * 4, sub=block, **kw)
+        block = UNetBlock(f, f * 2, sub=block, **kw)
+        self.model = UNetBlock(cfg.out_channels, f, in_ch=cfg.in_channels, sub=block, outermost=True, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -35,6 +35,7 @@ class Recipe:
     LossConfig: type
     family: str = ""
     endpoint: str = ""
+    generator_nets: tuple[str, ...] = ()  # the nets `init_from` fills, in the order of its files
 
     def __init__(self, cfg: RunConfig, device: torch.device, distributed: bool = False):
         self.cfg = cfg
@@ -172,7 +173,15 @@ class Recipe:
             self.load_extra_state(state.get("extra") or {})
 
     def on_fresh_start(self) -> None:
-        """Called once when a run starts from scratch (not on resume), e.g. to load init weights."""
+        """Called once when a run starts from scratch (not on resume): the config's `init_from` weights
+        (imported files, training/recipes/init_from.py) go into the generator(s)."""
+        if self.cfg.init_from:
+            from .init_from import load_init
+            load_init(self, self.cfg.init_from)
+
+    def generator_range(self) -> tuple[float, float]:
+        """The value range the generator(s) compute in (data batches are always [-1, 1])."""
+        return (-1.0, 1.0)
 
     def extra_state(self) -> dict[str, Any]:
         return {}

@@ -48,6 +48,7 @@ class CycleGANRecipe(Recipe):
     LossConfig = CycleGANLoss
     family = "cyclegan"
     endpoint = "translate"
+    generator_nets = ("G_A", "G_B")  # init_from: [G_A file, G_B file] (junyanz resnet)
 
     def build(self) -> None:
         g, d = self.cfg.model.generator, self.cfg.model.discriminator

@@ -41,6 +41,7 @@ class Pix2PixRecipe(Recipe):
     LossConfig = Pix2PixLoss
     family = "pix2pix"
     endpoint = "translate"
+    generator_nets = ("G",)  # init_from: a junyanz unet
 
     def build(self) -> None:
         self.nets["G"] = init_weights(build_generator(self.cfg.model.generator))

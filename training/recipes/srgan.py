@@ -6,6 +6,11 @@ content loss. content = "vgg19" is the paper's VGG5,4 feature loss (needs torchv
 VGG19 weights file locally); "feature_matching" matches the discriminator's own
 features and works offline; "auto" picks vgg19 when the file exists, else
 feature_matching, and says so.
+
+Fine-tuning imported weights: `init_from: RealESRGAN_x4plus.pth` (or `loss.init_from`, which also takes
+the ganforge SRResNet checkpoint above) with `model.generator: {arch: rrdb, nf: 64, n_blocks: 23}` and
+`model.value_range: [0, 1]` (ESRGAN-family weights compute on [0, 1]; the batches are mapped to it and the
+exported card says so).
 """
 from __future__ import annotations
 
@@ -30,16 +35,20 @@ from .base import IMAGE_AXES, ExportSpec, Recipe, image_io
 class SRGANModel:
     generator: Any = None  # the arch's config (networks/registry.py): srresnet (default) or rrdb
     discriminator: SRDiscriminatorConfig = None
+    value_range: tuple[float, float] = (-1.0, 1.0)  # what G computes on: [0, 1] for ESRGAN-family init_from
 
     def __post_init__(self):
         self.generator = arch_config(self.generator, "srresnet")
         self.discriminator = coerce(SRDiscriminatorConfig, self.discriminator, "discriminator")
+        self.value_range = tuple(float(v) for v in self.value_range)
+        if self.value_range not in ((-1.0, 1.0), (0.0, 1.0)):
+            raise ValueError(f"model.value_range must be [-1, 1] or [0, 1], got {list(self.value_range)}")
 
 
 @dataclass
 class SRGANLoss:
     stage: str = "pretrain"  # pretrain | gan
-    init_from: str | None = None  # stage gan: the SRResNet checkpoint to start from
+    init_from: str | None = None  # stage gan: the SRResNet checkpoint to start from; any stage: imported weights
     pixel_weight: float = 1.0  # MSE on pixels (the whole loss in pretrain)
     content: str = "auto"  # auto | vgg19 | feature_matching | none
     content_weight: float = 0.006  # the paper's 1/12.75 rescaling of VGG features
@@ -53,6 +62,7 @@ class SRGANRecipe(Recipe):
     LossConfig = SRGANLoss
     family = "srgan"
     endpoint = "upscale"
+    generator_nets = ("G",)  # init_from: an ESRGAN / Real-ESRGAN file for arch rrdb
 
     def build(self) -> None:
         L: SRGANLoss = self.cfg.loss
@@ -83,23 +93,46 @@ class SRGANRecipe(Recipe):
             self.vgg = VGGFeatureLoss(self.cfg.loss.vgg_weights, self.cfg.loss.vgg_layer).to(self.device)
         return self.vgg
 
+    def generator_range(self) -> tuple[float, float]:
+        return self.cfg.model.value_range
+
+    def generate(self, net, lr: torch.Tensor) -> torch.Tensor:
+        """G on a [-1, 1] batch, in [-1, 1]: mapped to and from model.value_range around the network."""
+        lo, hi = self.cfg.model.value_range
+        if (lo, hi) == (-1.0, 1.0):
+            return net(lr)
+        return (net((lr + 1) * (0.5 * (hi - lo)) + lo) - lo) * (2 / (hi - lo)) - 1
+
     def on_fresh_start(self) -> None:
-        """Stage gan starts from the pretrained SRResNet named by loss.init_from."""
-        if self.cfg.loss.stage != "gan" or not self.cfg.loss.init_from:
-            return
-        payload = ckpt.load(self.cfg.loss.init_from)
+        """init_from (imported weights); or loss.init_from: imported weights, or at stage gan the pretrained
+        SRResNet checkpoint it names."""
+        init = self.cfg.loss.init_from
+        if init and self.cfg.init_from:
+            raise ValueError("set init_from or loss.init_from, not both")
+        if init and Path(init).is_file() and not is_checkpoint(init):
+            from .init_from import load_init
+            return load_init(self, init, "loss.init_from")
+        super().on_fresh_start()
+        if not init or (self.cfg.loss.stage != "gan" and Path(init).is_file()):
+            return  # a checkpoint is for stage gan; a missing file is an error below
+        payload = ckpt.load(init)
         if payload.get("family") != "srgan":
             raise ValueError(f"{self.cfg.loss.init_from}: not an srgan checkpoint ({payload.get('family')})")
-        arch = ((payload.get("config") or {}).get("model") or {}).get("generator", {}).get("arch", "srresnet")
+        model = (payload.get("config") or {}).get("model") or {}
+        arch = model.get("generator", {}).get("arch", "srresnet")
         if arch != self.cfg.model.generator.arch:
             raise ValueError(f"{self.cfg.loss.init_from}: its generator is {arch!r}, this run's is "
                              f"{self.cfg.model.generator.arch!r} (model.generator.arch)")
+        value_range = tuple(float(v) for v in model.get("value_range", (-1.0, 1.0)))
+        if value_range != self.cfg.model.value_range:
+            raise ValueError(f"{init}: its generator computes on {list(value_range)}, this run's on "
+                             f"{list(self.cfg.model.value_range)} (model.value_range)")
         self.nets["G"].load_state_dict(payload["nets"]["G"])
 
     def train_step(self, batch, step):
         L: SRGANLoss = self.cfg.loss
         lr, hr = batch["lr"], batch["hr"]  # N x 3 x h x w, N x 3 x 4h x 4w
-        sr = self.ddp["G"](lr)
+        sr = self.generate(self.ddp["G"], lr)
         pixel = F.mse_loss(sr, hr)
         if L.stage == "pretrain":
             self.optimize("G", pixel)
@@ -132,16 +165,17 @@ class SRGANRecipe(Recipe):
         lr, hr = batch["lr"][:4].to(self.device), batch["hr"][:4].to(self.device)
         G = self.nets["G"]
         G.eval()
-        sr = G(lr).clamp(-1, 1)
+        sr = self.generate(G, lr).clamp(-1, 1)
         G.train()
         up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
         return torch.stack([up, sr, hr], 1).flatten(0, 1), 3
 
     def export_specs(self):
         g = self.cfg.model.generator
+        rng = list(self.cfg.model.value_range)
         card = {"input": image_io(g.in_channels, multiple_of=g.multiple_of, min_size=max(4, g.multiple_of),
-                                  native_size=None),
-                "output": image_io(g.out_channels, scale=g.scale),
+                                  native_size=None, range=rng),
+                "output": image_io(g.out_channels, scale=g.scale, range=rng),
                 "tiling": {"tile": 128, "overlap": 12}}
         return {"generator": ExportSpec(self.nets["G"], (torch.randn(1, g.in_channels, 24, 24),), ["image"],
                                         IMAGE_AXES, card)}
@@ -154,6 +188,15 @@ class SRGANRecipe(Recipe):
         return {"family": "srgan", "data": {"kind": "hr_folder", "root": str(data["photos"]), "hr_size": 32, "scale": 4},
                 "model": {"generator": {"nf": 8, "n_blocks": 2, "scale": 4}, "discriminator": {"ndf": 4}},
                 "loss": {"stage": "pretrain"}}
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A ganforge checkpoint (loss.init_from's first meaning), not an imported weights file."""
+    try:
+        ckpt.load(path)
+    except ckpt.CheckpointError:
+        return False
+    return True
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
