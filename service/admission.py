@@ -41,6 +41,9 @@ HALF_LIFE_S = 4.0  # samples fade by half per this many seconds of later compute
 STALE_S = 30.0  # an estimate older than this is measured again (one tile) before a large request
 LARGE_S = 5.0  # ... a request is large when its estimate is at least this
 ADMIT_SHARE = 0.85  # admit when the estimate fits this share of the time left
+# a 413 names the largest input whose estimate fits this share of the limit: the size it names must still
+# be admitted when it comes back, after the estimate moved with the machine's load (measured: +20-40%)
+ADVISE_SHARE = 0.6
 PIPELINE_SEED_S_PER_MPX = 0.15  # decode + blend + PNG encode per output megapixel, measured here (PNG 0.1)
 MPX = 1e6
 
@@ -159,7 +162,7 @@ class SpeedBook:
         if estimate > ADMIT_SHARE * limit:
             with self._lock:
                 self.refused["413"] += 1
-            fits = self.largest_fitting(model, rate, height, width, ADMIT_SHARE * limit)
+            fits = self.largest_fitting(model, rate, height, width, ADVISE_SHARE * limit)
             advice = f"send at most {fits[1]}x{fits[0]}" if fits else "no input size fits"
             raise too_large(f"this {width}x{height} input needs ~{estimate:.0f} s on {where}; the limit "
                             f"(GANFORGE_TIMEOUT_S) is {limit:g} s: {advice}, or use a faster model")

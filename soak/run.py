@@ -412,6 +412,18 @@ async def _kill_worker(workers: list[psutil.Process], kill_info: dict[str, Any],
     os.kill(victim.pid, signal.SIGKILL)
 
 
+def _replacement_workers(port: int, expected: int, kill_info: dict[str, Any], wait_s: float = 30.0) -> list:
+    """The workers once the supervisor has replaced the killed one (a new worker loads and warms every model
+    first: seconds), waiting up to `wait_s`; `replacement_wait_s` records how long that took after the load."""
+    start = time.perf_counter()
+    while True:
+        _, workers = server_processes(port)
+        if len(workers) >= expected or time.perf_counter() - start > wait_s:
+            kill_info["replacement_wait_s"] = round(time.perf_counter() - start, 1)
+            return workers
+        time.sleep(0.5)  # polling interval
+
+
 def _worker_kill_phase(cfg: SoakConfig, live: _LiveServer, result: dict[str, Any], checks: dict[str, bool]) -> None:
     """3. a worker killed under load: requests lost, time to recover, the supervisor's replacement."""
     base, port, requests, rec, t0 = live.base, live.port, live.requests, live.rec, live.t0
@@ -425,7 +437,7 @@ def _worker_kill_phase(cfg: SoakConfig, live: _LiveServer, result: dict[str, Any
     kill_summary = rec.summary(kill_start, kill_end)
     failed = [r for r in rec.records if kill_start <= r.t < kill_end and r.status != 200]
     last_fail = max((r.t + r.latency_s for r in failed), default=None)
-    _, workers_after = server_processes(port)
+    workers_after = _replacement_workers(port, len(kill_info["workers_before"]), kill_info)
     tail = [r for r in rec.records if kill_end - 5 <= r.t < kill_end]
     kill_info.update({
         "workers_after": [w.pid for w in workers_after],
