@@ -17,6 +17,7 @@ from service.registry import ModelRegistry
 from service_fixtures import encode, service_client, synthetic_photo, write_fixture_models
 from tiny_configs import export_tiny_models
 from training import quantize as q
+from training.metrics import PSNR_CAP
 
 # PSNR of int8 against fp32 that the tiny test networks (a few channels, 2 training steps) must reach;
 # the real models' figures are in their cards (the tool's own gate there is --min-psnr 40).
@@ -113,8 +114,8 @@ def test_bicubic_resize_as_conv_is_exact(scale, mode):
 
 
 def test_psnr_definition():
-    assert q.psnr_db(0.0, 2.0) == q.PSNR_CAP
-    assert q.psnr_db(4e-4, 2.0) == pytest.approx(40.0)  # peak^2 / mse = 1e4
+    assert q.psnr_from_mse(0.0, 2.0) == PSNR_CAP
+    assert q.psnr_from_mse(4e-4, 2.0) == pytest.approx(40.0)  # peak^2 / mse = 1e4
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_quantize_refuses_below_the_gate_and_writes_nothing(tiny_models, tmp_pat
     card_before = (models / "tiny-srgan" / "card.json").read_bytes()
     files_before = sorted(p.name for p in (models / "tiny-srgan").iterdir())
     with pytest.raises(q.QuantizeError, match="below --min-psnr"):
-        q.quantize_model("tiny-srgan", models, calibration=2, heldout=2, size=16, min_psnr=q.PSNR_CAP + 1,
+        q.quantize_model("tiny-srgan", models, calibration=2, heldout=2, size=16, min_psnr=PSNR_CAP + 1,
                          rounds=1, log=quiet)
     assert (models / "tiny-srgan" / "card.json").read_bytes() == card_before
     assert sorted(p.name for p in (models / "tiny-srgan").iterdir()) == files_before

@@ -30,7 +30,6 @@ last row/column aligned to the edge), which makes random crops cheap to load.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageOps
+
+from contract.folder import sha256_file
 
 NAMES = ("fashion-mnist", "photos")
 
@@ -99,14 +100,6 @@ Fetch = Callable[[str, Path, Path], Package]  # (package, deb cache dir, unpack 
 
 
 # ---------------------------------------------------------------- small pure helpers
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def split_by_hash(hashes: dict[str, str], fraction: float = HOLDOUT_FRACTION,
                   min_holdout: int = MIN_HOLDOUT) -> dict[str, str]:

@@ -66,6 +66,7 @@ from contract.typed import to_plain
 
 from .export.options import ExportError
 from .export.parity import fit_image, max_abs_diff
+from .metrics import psnr_from_mse
 from .rewrites import convtranspose_as_conv, end_nodes, pad_narrow_convs, resize_as_conv
 
 DEFAULT_MIN_PSNR = 40.0
@@ -219,13 +220,6 @@ def quantize_graph(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None)
 
 
-PSNR_CAP = 100.0  # identical outputs (mse 0) are recorded as this, not inf (JSON has no inf)
-
-
-def psnr_db(mse: float, peak: float) -> float:
-    return PSNR_CAP if mse <= 0 else min(PSNR_CAP, float(10 * np.log10(peak * peak / mse)))
-
-
 def compare(fp32, int8, feeds: list[dict[str, np.ndarray]], out_range) -> dict[str, Any]:
     """PSNR of int8 against fp32 outputs (clipped to the output range, peak = hi - lo): pooled and worst input."""
     lo, hi = float(out_range[0]), float(out_range[1])
@@ -236,8 +230,8 @@ def compare(fp32, int8, feeds: list[dict[str, np.ndarray]], out_range) -> dict[s
         y = np.clip(int8.run(None, f)[0].astype(np.float64), a_lo, a_hi)
         errors += list(((x - y) ** 2).reshape(len(x), -1).mean(axis=1))
     peak = abs(hi - lo)
-    per = [psnr_db(e, peak) for e in errors]
-    return {"psnr_db": psnr_db(float(np.mean(errors)), peak), "psnr_db_min": min(per), "inputs": len(errors)}
+    per = [psnr_from_mse(e, peak) for e in errors]
+    return {"psnr_db": psnr_from_mse(float(np.mean(errors)), peak), "psnr_db_min": min(per), "inputs": len(errors)}
 
 
 def time_pair(sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int) -> dict[str, Any]:
