@@ -414,11 +414,12 @@ async def _kill_worker(workers: list[psutil.Process], kill_info: dict[str, Any],
 
 def _replacement_workers(port: int, expected: int, kill_info: dict[str, Any], wait_s: float = 30.0) -> list:
     """The workers once the supervisor has replaced the killed one (a new worker loads and warms every model
-    first: seconds), waiting up to `wait_s`; `replacement_wait_s` records how long that took after the load."""
+    first: seconds) and the count is back to `expected` (a worker starting up can show a transient forked
+    child for a moment), waiting up to `wait_s`; `replacement_wait_s` records how long that took."""
     start = time.perf_counter()
     while True:
         _, workers = server_processes(port)
-        if len(workers) >= expected or time.perf_counter() - start > wait_s:
+        if len(workers) == expected or time.perf_counter() - start > wait_s:
             kill_info["replacement_wait_s"] = round(time.perf_counter() - start, 1)
             return workers
         time.sleep(0.5)  # polling interval
