@@ -172,7 +172,7 @@ class SpeedBook:
         raise ApiError(503, f"this {width}x{height} input needs ~{estimate:.0f} s on {where}, but only "
                             f"{max(token.remaining(), 0):.0f} s of the {limit:g} s limit are left after "
                             f"{waited:.0f} s waiting; retry when the server is less busy",
-                       {"Retry-After": str(max(1, math.ceil(estimate)))})
+                       {"Retry-After": str(max(1, math.ceil(estimate)))}, outcome="overload")
 
     def describe(self, timeout_s: float) -> dict[str, Any]:
         """What GET /models shows under `admission`."""

@@ -28,11 +28,14 @@ import functools
 import importlib.util
 import logging
 import queue
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from . import telemetry
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -265,7 +268,9 @@ class OpenVinoSession:
             inputs = {self._input_index[name]: value for name, value in feeds.items()}
         except KeyError as exc:
             raise ValueError(f"no input named {exc.args[0]!r}; inputs: {list(self._input_index)}") from None
-        request = self._idle.get()
+        waiting = time.perf_counter()
+        request = self._idle.get()  # another request of this model may hold the only one (LATENCY hint)
+        telemetry.add_wait(time.perf_counter() - waiting)
         try:
             request.infer(inputs, share_inputs=True)
             return [request.get_output_tensor(self._index[n]).data.copy() for n in names]

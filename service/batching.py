@@ -17,11 +17,14 @@ thread pool from being oversubscribed by concurrent requests.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from . import telemetry
 
 RunFn = Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -31,6 +34,8 @@ class _Job:
     feeds: dict[str, np.ndarray]
     key: tuple
     rows: int
+    queued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # when its graph run began (the runner sets it)
     done: threading.Event = field(default_factory=threading.Event)
     result: list[np.ndarray] | None = None
     error: BaseException | None = None
@@ -43,8 +48,11 @@ def _key(feeds: dict[str, np.ndarray]) -> tuple:
 class SessionBatcher:
     """`run(outputs, feeds)` with the semantics of `InferenceSession.run`, batched under load."""
 
-    def __init__(self, run: RunFn, max_batch: int, name: str = "session") -> None:
+    def __init__(self, run: RunFn, max_batch: int, name: str = "session",
+                 observe: Callable[[int], None] | None = None) -> None:
+        """`observe(rows)` is called after every graph run (direct or merged) with its row count."""
         self._run = run
+        self._observe = observe
         self.max_batch = max_batch
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -64,7 +72,10 @@ class SessionBatcher:
             if self._closed:
                 # A reload closed this model's batcher while a request still held the model:
                 # run on the caller's thread, unbatched, on the session it started with.
-                return self._run(outputs, feeds)
+                result = self._run(outputs, feeds)
+                if self._observe is not None:
+                    self._observe(job.rows)
+                return result
             direct = not self._busy and not self._queue
             if direct:
                 self._busy = True
@@ -75,6 +86,7 @@ class SessionBatcher:
             self._execute([job], done=True)
         else:
             job.done.wait()
+            telemetry.add_wait(job.started - job.queued)  # the request's queue stage, not its compute
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -115,6 +127,9 @@ class SessionBatcher:
         """Run `jobs` as one graph run, then clear the busy flag and wake the runner for the queue.
         `done`: the caller reads the result itself (the direct path); no event to set."""
         outputs = list(jobs[0].key[0])
+        started = time.perf_counter()
+        for job in jobs:
+            job.started = started
         try:
             if len(jobs) == 1:
                 results = [self._run(outputs, jobs[0].feeds)]
@@ -132,6 +147,8 @@ class SessionBatcher:
             self.stats["runs"] += 1
             self.stats["requests"] += len(jobs)
             self.stats["max_rows"] = max(self.stats["max_rows"], sum(j.rows for j in jobs))
+            if self._observe is not None:
+                self._observe(sum(j.rows for j in jobs))
             with self._cond:
                 self._busy = False
                 self._cond.notify()

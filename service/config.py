@@ -22,6 +22,7 @@
 | GANFORGE_RELOAD_POLL_S      | 0                    | every this many seconds each worker re-scans the models dir and swaps in changed models (0 = off; `POST /admin/reload` reloads on demand). |
 | GANFORGE_READY_REQUIRES_ALL | 0                    | 1: /readyz answers 503 while any model is unavailable. 0: /readyz is 200 once the worker is up; unavailable models are named in /models. |
 | GANFORGE_BACKEND            | auto                 | which runtime runs the graphs: `auto` = onnxruntime where its CUDA provider works, OpenVINO on the CPU (onnxruntime if the `openvino` package is missing); `onnxruntime` (CUDA or CPU, as GANFORGE_DEVICE says); `openvino` (the CPU; not with GANFORGE_DEVICE=cuda). A graph OpenVINO cannot compile runs on onnxruntime (logged). /models says per model: backend, device, precision and why. |
+| GANFORGE_METRICS            | 1                    | 1: ganforge's own per-model Prometheus metrics and trace spans (service/telemetry.py, README "Metrics") beside BentoML's. 0: not recorded (BentoML's `/metrics` stays): for measuring what they cost (`python -m bench --only telemetry`). |
 | GANFORGE_PRECISION          | auto                 | which precision of each model runs. `auto`: bf16 where the backend is OpenVINO, the CPU has native bf16 (AMX or AVX512-BF16) and the card's `variants.bf16` gate passed (>= 45 dB PSNR against fp32 on the worst input, `python -m training bf16 NAME`), else fp32. `fp32`: always fp32 (the opt-out). `bf16`: as auto, but a fallback is a warning. `int8`: the card's `variants.int8` (made by `python -m training quantize`) on the CPU, through OpenVINO when it is the backend (its QDQ graph measured 4x faster than onnxruntime's int8 here), else onnxruntime's CPU provider. `fp16`: the card's `variants.fp16` on the CUDA provider. Comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, the other device) serves fp32 and logs why; /models says what runs and why. |
 
 Invalid values stop the service at startup with a message naming the variable.
@@ -105,6 +106,13 @@ def _precision(env: Mapping[str, str], name: str) -> tuple[str, tuple[tuple[str,
     return default or "auto", tuple(sorted(per_model.items()))
 
 
+def backstop_timeout(timeout_s: float) -> float:
+    """BentoML's traffic.timeout: a backstop a little after GANFORGE_TIMEOUT_S. The request's own
+    deadline (service/deadline.py) answers first and stops the work; BentoML's answers 504 but
+    lets the sync work go on, so it only catches what the deadline cannot interrupt (an encode)."""
+    return timeout_s + max(10.0, 0.1 * timeout_s)
+
+
 @dataclass(frozen=True)
 class Settings:
     models_dir: Path = REPO_ROOT / "models"
@@ -129,6 +137,7 @@ class Settings:
     backend: str = "auto"  # GANFORGE_BACKEND
     precision: str = "auto"  # GANFORGE_PRECISION's default
     model_precision: tuple[tuple[str, str], ...] = ()  # its NAME:PRECISION entries
+    metrics: bool = True  # GANFORGE_METRICS
 
     def precision_for(self, name: str) -> str:
         """The precision GANFORGE_PRECISION asks for model `name`."""
@@ -175,4 +184,5 @@ class Settings:
             backend=backend,
             precision=precision,
             model_precision=model_precision,
+            metrics=_bool(env, "GANFORGE_METRICS", True),
         )

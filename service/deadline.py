@@ -34,7 +34,7 @@ class RequestCancelled(ApiError):
     """A request stopped before it finished: its client left (503) or its deadline passed (504)."""
 
     def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(status, message)
+        super().__init__(status, message, outcome="timeout" if reason == DEADLINE else "cancelled")
         self.reason = reason
 
 

@@ -13,11 +13,13 @@ from starlette.responses import JSONResponse
 class ApiError(Exception):
     """A request the service refuses, with the HTTP status to answer."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 outcome: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.outcome = outcome  # what the status alone cannot say, for the metrics (service/telemetry.py)
 
     def response(self) -> JSONResponse:
         return error_response(self.status, self.message, self.headers)

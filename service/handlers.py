@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from contract import DIRECTION_ROLES
 
-from . import deadline, imaging, inference
+from . import deadline, imaging, inference, telemetry
 from .admission import BOOK
 from .config import Settings
 from .errors import bad_request, shown, unprocessable
@@ -61,10 +61,25 @@ def _encode_timed(served: ServedModel, started: float, out_pixels: int, pixels: 
     token = deadline.current()
     if token is not None:
         token.check(served.name)
-    body = imaging.encode_image(pixels, alpha, fmt, quality)
+    body = _encode(pixels, alpha, fmt, quality)
     if token is not None:
         BOOK.record_pipeline(time.perf_counter() - started - token.model_seconds, out_pixels)
     return body
+
+
+def _encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
+    """The answer's image bytes; the request's encode stage, and its output size."""
+    with telemetry.stage("encode"):
+        body = imaging.encode_image(pixels, alpha, fmt, quality)
+    telemetry.images(output_pixels=pixels.shape[0] * pixels.shape[1])
+    return body
+
+
+def _decode(path: Path | None, settings: Settings) -> imaging.DecodedImage:
+    """The upload, read and decoded (pixel limit from its header first): the request's decode stage."""
+    with telemetry.stage("decode"):
+        decoded = imaging.decode_image(_read_upload(path), settings.max_input_pixels)
+    return decoded
 
 
 def _read_upload(path: Path | None) -> bytes:
@@ -174,12 +189,13 @@ def generate(
         h, w = spec.size
         cols = columns or math.ceil(math.sqrt(count))
         imaging.check_pixels(w * cols, h * math.ceil(count / cols), settings.max_output_pixels, "the output")
-    images = inference.generate_images(served, z, labels)
+    with telemetry.stage("compute"):
+        images = inference.generate_images(served, z, labels)
     grid = images[0] if count == 1 else imaging.make_grid(images, columns)
     if labels is not None:
         headers["X-Labels"] = ",".join(str(int(v)) for v in labels)
     headers["X-Model"] = served.name
-    body = imaging.encode_image(grid, None, fmt, quality)
+    body = _encode(grid, None, fmt, quality)
     return ImageResult(body, imaging.media_type(fmt), headers)
 
 
@@ -206,9 +222,11 @@ def translate(
     else:
         raise unprocessable(f"model {served.name!r} translates one way only (a2b)")
     started = time.perf_counter()
-    decoded = imaging.decode_image(_read_upload(image), settings.max_input_pixels)
+    decoded = _decode(image, settings)
+    telemetry.images(input_pixels=decoded.width * decoded.height)
     imaging.check_pixels(decoded.width, decoded.height, settings.max_output_pixels, "the output")
-    pixels, alpha = inference.translate_image(served, decoded, role)
+    with telemetry.stage("compute"):
+        pixels, alpha = inference.translate_image(served, decoded, role)
     body = _encode_timed(served, started, pixels.shape[0] * pixels.shape[1], pixels, alpha, fmt, quality)
     return ImageResult(body, imaging.media_type(fmt), {"X-Model": served.name})
 
@@ -231,10 +249,12 @@ def upscale(
     if not (math.isfinite(scale) and 1 <= scale <= native):
         raise unprocessable(f"scale must be 1..{native} (the model's native scale is x{native}), got {shown(scale)}")
     started = time.perf_counter()
-    decoded = imaging.decode_image(_read_upload(image), settings.max_input_pixels)
+    decoded = _decode(image, settings)
+    telemetry.images(input_pixels=decoded.width * decoded.height)
     imaging.check_pixels(decoded.width * native, decoded.height * native, settings.max_output_pixels,
                          f"the x{native} output")
-    pixels, alpha = inference.upscale_image(served, decoded, scale)
+    with telemetry.stage("compute"):
+        pixels, alpha = inference.upscale_image(served, decoded, scale)
     native_pixels = decoded.width * decoded.height * native ** 2
     body = _encode_timed(served, started, native_pixels, pixels, alpha, fmt, quality)
     return ImageResult(body, imaging.media_type(fmt), {"X-Model": served.name})

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from . import deadline, imaging
+from . import deadline, imaging, telemetry
 from .admission import BOOK
 from .errors import ApiError
 from .imaging import DecodedImage
@@ -29,13 +29,21 @@ class ModelRunError(ApiError):
         super().__init__(500, f"model {model!r} failed to run; see the server log")
 
 
-def run_session(model: ServedModel, role: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
-    runner = model.runners.get(role) or model.sessions[role]  # the batcher, when batching is on
+def run_session(model: ServedModel, role: str, feeds: dict[str, np.ndarray], output: str,
+                tile: bool = False) -> np.ndarray:
+    """One graph run (`tile`: one tile of a /translate or /upscale request), timed for the request's
+    compute stage; the batcher counts its own runs and rows, a plain session's are counted here."""
+    batcher = model.runners.get(role)
+    started = time.perf_counter()
     try:
-        return runner.run([output], feeds)[0]
+        y = (batcher or model.sessions[role]).run([output], feeds)[0]
     except Exception:  # noqa: BLE001 - onnxruntime raises its own types
         logger.exception("model %s (%s) failed", model.name, role)
         raise ModelRunError(model.name) from None
+    telemetry.add_compute(time.perf_counter() - started, tile)
+    if batcher is None and model.observe_run is not None:
+        model.observe_run(next(iter(feeds.values())).shape[0])
+    return y
 
 
 def image_runner(model: ServedModel, role: str, record: bool = True):
@@ -48,7 +56,7 @@ def image_runner(model: ServedModel, role: str, record: bool = True):
         h, w = x.shape[-2:]
         padded = imaging.pad_to(np.ascontiguousarray(x, dtype=np.float32), spec.multiple_of, spec.min_size)
         started = time.perf_counter()
-        y = run_session(model, role, {spec.input_name: padded}, spec.output_name)
+        y = run_session(model, role, {spec.input_name: padded}, spec.output_name, tile=record)
         took = time.perf_counter() - started
         if record:
             BOOK.record(model, took, padded.shape[2] * padded.shape[3] * spec.scale ** 2)

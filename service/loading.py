@@ -24,13 +24,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from contract import Card, CardError, CardUnreadable
 from contract.folder import read_card, sha256_bytes
 
 from .backends import (ONNXRUNTIME, OPENVINO, OrtSession, choose_backend, choose_float_precision,
                        make_openvino_session, native_bf16, openvino_installed)
+from . import telemetry
 from .batching import SessionBatcher
 from .config import Settings
 from .runtime import CPU, CUDA, make_session, session_options
@@ -99,6 +100,7 @@ class ServedModel:
     precision: str = "fp32"  # the variant whose files run (GANFORGE_PRECISION)
     precision_note: str | None = None  # why it is not the precision GANFORGE_PRECISION asked for
     precision_reason: str | None = None  # why this backend runs this precision (always set once planned)
+    observe_run: Callable[[int], None] | None = field(default=None, repr=False)  # rows of each graph run (metrics)
 
     @property
     def endpoint(self) -> str | None:
@@ -334,8 +336,10 @@ def _load_model(folder: Path, settings: Settings, providers: list, wanted: str, 
         model.sessions.clear()
         return model
     batch_max = settings.batch_max or (AUTO_BATCH_MAX if model.provider == CUDA else 1)
+    if settings.metrics:
+        model.observe_run = telemetry.graph_run_observer(model.name, model.version)
     if batch_max > 1:
-        model.runners = {role: SessionBatcher(session.run, batch_max, f"{model.name}-{role}")
+        model.runners = {role: SessionBatcher(session.run, batch_max, f"{model.name}-{role}", model.observe_run)
                          for role, session in model.sessions.items()}
     model.status = "ready"
     return model

@@ -38,7 +38,7 @@ import json
 import logging
 from typing import Any
 
-from . import deadline
+from . import deadline, telemetry
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -124,10 +124,12 @@ class ErrorBodySend:
         self.start: dict | None = None
         self.chunks: list[bytes] = []
         self.started = False  # the answer began: a disconnect after this stops nothing
+        self.status: int | None = None  # the answer's status, once it began
 
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            self.status = message["status"]
             if message["status"] >= 400:
                 self.start = message
                 return
@@ -157,6 +159,7 @@ async def read_body(receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            telemetry.client_left()
             break
         chunk = message.get("body", b"")
         size += len(chunk)
@@ -182,6 +185,7 @@ async def run_watched(app, scope, body: bytes, receive, send: "ErrorBodySend",
             pass
         if not send.started:
             token.cancel(deadline.DISCONNECTED)
+            telemetry.client_left()
         gone.set()
 
     sent = False
@@ -260,8 +264,12 @@ class GanforgeMiddleware:
             await self.app(scope, receive, send)
             return
         send = ErrorBodySend(send)
+        record = None  # every POST to an image API is counted once, however it ends (service/telemetry.py)
+        if self.settings.metrics and scope["method"] == "POST" and scope["path"] in BODY_TYPES:
+            record = telemetry.RequestRecord(scope["path"].lstrip("/"))
         try:
-            await self._handle(scope, receive, send)
+            with telemetry.bound(record):
+                await self._handle(scope, receive, send)
         except Exception:
             # Answer now: an exception escaping here would otherwise hold the
             # client until BentoML's TimeoutMiddleware fires (traffic.timeout).
@@ -269,6 +277,9 @@ class GanforgeMiddleware:
             if send.started:
                 raise
             await error_response(500, "internal server error")(scope, receive, send)
+        finally:
+            if record is not None:  # no status: BentoML's timeout cancelled it before it answered
+                record.finish(send.status)
 
     async def _handle(self, scope, receive, send: "ErrorBodySend") -> None:
         path = scope["path"]

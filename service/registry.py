@@ -25,6 +25,7 @@ from typing import Any
 
 from contract.folder import NAME_RE
 
+from . import telemetry
 from .config import Settings
 from .errors import ApiError, not_found, shown, unprocessable
 from .loading import ServedModel, load_model
@@ -69,6 +70,8 @@ def _load(folder: Path, settings: Settings, providers: list, fingerprint: tuple 
     fingerprint = folder_fingerprint(folder) if fingerprint is None else fingerprint
     model = load_model(folder, settings, providers)
     model.fingerprint = fingerprint
+    if settings.metrics:
+        telemetry.model_loaded(model.name, model.ready)
     return model
 
 
@@ -118,6 +121,8 @@ class ModelRegistry:
             models[folder.name] = model = _load(folder, settings, providers)
             _log_model(model)
         _warn_several_defaults(models)
+        if settings.metrics:
+            telemetry.models_served(models)
         return cls(models, device, settings, providers)
 
     def reload(self) -> dict[str, Any]:
@@ -161,6 +166,9 @@ class ModelRegistry:
                 if id(old) not in kept:
                     old.close()
             self.reloads += 1
+            if self.settings.metrics:
+                telemetry.reloaded()
+                telemetry.models_served(fresh)
             changed = len(report["loaded"]) + len(report["removed"]) + len(report["kept"])
             if changed:
                 logger.info("reload: %d loaded, %d kept, %d removed, %d unchanged", len(report["loaded"]),
@@ -186,6 +194,7 @@ class ModelRegistry:
                 raise not_found(f"unknown model {shown(name)}; GET /models lists them")
             if model.endpoint != endpoint and model.endpoint is not None:  # None: the card is unreadable
                 raise unprocessable(f"model {shown(name)} is a {model.endpoint} model, not a {endpoint} model")
+        telemetry.picked(model.name, model.version)  # the request's metrics and span are this model's now
         if not model.ready:
             raise ApiError(503, f"model {model.name!r} is unavailable: {model.reason}")
         return model

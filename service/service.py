@@ -34,9 +34,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import handlers, imaging, inference, ui
+from . import handlers, imaging, inference, telemetry, ui
 from .admission import BOOK
-from .config import Settings
+from .config import Settings, backstop_timeout
 from .deadline import RequestCancelled
 from .errors import ApiError
 from .handlers import Interpolation
@@ -52,13 +52,6 @@ _BOOT = Settings.from_env()
 use_log_format(_BOOT.log_format)  # BentoML set up its log handlers before importing this module
 
 
-def backstop_timeout(timeout_s: float) -> float:
-    """BentoML's traffic.timeout: a backstop a little after GANFORGE_TIMEOUT_S. The request's own
-    deadline (service/deadline.py) answers first and stops the work; BentoML's answers 504 but
-    lets the sync work go on, so it only catches what the deadline cannot interrupt (an encode)."""
-    return timeout_s + max(10.0, 0.1 * timeout_s)
-
-
 def _as_text(value: Any) -> Any:
     # BentoML json-decodes multipart text fields, so a model named "1" arrives as int 1.
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -71,15 +64,18 @@ ImageOut = Annotated[Path, ContentType("image/*")]
 
 
 def _image_response(fn, *args: Any, **kwargs: Any) -> Response:
-    try:
-        result = fn(*args, **kwargs)
-    except RequestCancelled as exc:  # logged where it stopped, with its progress
-        return exc.response()
-    except ApiError as exc:
-        if exc.status >= 500:
-            (logger.warning if exc.status in (503, 504) else logger.error)("%s", exc.message)
-        return exc.response()
-    return Response(content=result.body, media_type=result.media_type, headers=result.headers)
+    with telemetry.handler():  # the request's queue stage ends here, its handler time starts
+        try:
+            result = fn(*args, **kwargs)
+        except RequestCancelled as exc:  # logged where it stopped, with its progress
+            telemetry.failed(exc)
+            return exc.response()
+        except ApiError as exc:
+            telemetry.failed(exc)
+            if exc.status >= 500:
+                (logger.warning if exc.status in (503, 504) else logger.error)("%s", exc.message)
+            return exc.response()
+        return Response(content=result.body, media_type=result.media_type, headers=result.headers)
 
 
 async def list_models(request: Request) -> JSONResponse:
