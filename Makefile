@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 PORT   ?= 3000
 # pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
 
-.PHONY: serve test test-fast browser data models bench build clean help soak gpu-check
+.PHONY: serve test test-fast browser data models bench build clean help soak gpu-check fp16
 .PHONY: container container-gpu container-test container-engine
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make container-test build the CPU image, run it, call every endpoint, stop and remove it"
 	@echo "make bench    benchmarks on a quiet machine (~23 min on 2 cores) -> bench/results/"
 	@echo "make bench-quick  the same path on small inputs (~1-2 min): a check, not a measurement"
+	@echo "make fp16     make the fp16 variants (not kept in git) from the fp32 graphs, byte-identical to the cards"
 	@echo "make gpu-check  the CUDA path end to end where a GPU is usable (< 8 min; JSON in bench/results/); elsewhere says so"
 	@echo "make soak     load + fault runs on a real server, loopback only (~3 min) -> soak/results/"
 
@@ -70,8 +71,13 @@ bench: $(VENV)/.stamp-dev
 
 # CUDA provider really used, fp16 variants, batching on, /upscale and /translate images/s (bench/gpu_check.py);
 # on a machine without a usable NVIDIA GPU it prints why and exits 0.
-gpu-check: $(VENV)/.stamp-serve
+gpu-check: fp16
 	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The fp16 variants the cards list as `built` (not in git: models/ stays small), remade byte for byte from
+# the fp32 graphs; the GPU image and gpu-check run them (the CPU path runs fp32 / bf16 and needs none).
+fp16: $(VENV)/.stamp-dev
+	$(PY) -m training fp16 --models $(or $(MODELS),models)
 
 bench-quick: $(VENV)/.stamp-dev
 	$(PY) -m bench --quick $(BENCH_ARGS)
@@ -84,13 +90,12 @@ soak: $(VENV)/.stamp-dev
 
 # The default zoo from scratch: each model is trained, exported into models/ and evaluated on its
 # held-out split with the committed configs, then draws docs/samples/ (about 3 hours on a 2-core CPU;
-# runs/<name>/ can --resume). colorize and sneaker2boot ship without the fp16 variant: models/ stays under 80 MB.
+# runs/<name>/ can --resume). Export writes each fp16 variant too; git keeps only the fp32 graphs (see fp16).
 ZOO_TRAIN = fashion sneaker2boot srresnet-x4 colorize
 models: data
 	for name in $(ZOO_TRAIN); do \
-	  case $$name in colorize|sneaker2boot) fp16=--no-fp16;; *) fp16=;; esac; \
 	  $(PY) -m training train training/configs/$$name.yaml --resume && \
-	  $(PY) -m training export runs/$$name --name $$name $$fp16 && \
+	  $(PY) -m training export runs/$$name --name $$name && \
 	  $(PY) -m training eval $$name || exit 1; \
 	done
 	$(PY) -m training train training/configs/srgan-x4.yaml --resume
@@ -108,7 +113,9 @@ build: $(VENV)/.stamp-serve
 MODELS    ?= models
 IMAGE     ?=
 CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
-container container-gpu: $(VENV)/.stamp-serve
+container: $(VENV)/.stamp-serve
+container-gpu: fp16
+container container-gpu:
 	$(PY) deploy/container.py build --variant $(if $(filter container-gpu,$@),gpu,cpu) --models $(MODELS) \
 	  $(if $(IMAGE),--image $(IMAGE)) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
 	  $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(ENGINE),--engine $(ENGINE))

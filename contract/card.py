@@ -125,6 +125,10 @@ class Variant:
     produced: Literal["export", "load", "quantize", "measure"]
     files: dict[str, FileEntry] = field(default_factory=dict)
     note: str | None = None
+    # True: the files are remade from the fp32 graphs, byte for byte, by `python -m training fp16` (make fp16,
+    # the GPU image's build) and are not kept in git; a missing file means "not built here", not a broken folder
+    built: bool = field(default=False, metadata=_meta("files made at build time from the fp32 graphs",
+                                                                  omit_default=True))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -289,11 +293,13 @@ class Card:
     def directions(self) -> tuple[str, ...]:
         return DIRECTION_ROLES if set(self.files) == set(DIRECTION_ROLES) else ()
 
-    def file_names(self) -> list[tuple[str, FileEntry]]:
-        """(what, entry) for every file the card names: roles, then variants' files."""
+    def file_names(self, built: bool = True) -> list[tuple[str, FileEntry]]:
+        """(what, entry) for every file the card names: roles, then variants' files (built=False: without
+        the files of `built` variants, which a folder may lack until `python -m training fp16` runs)."""
         out = [(f"files.{role}", entry) for role, entry in self.files.items()]
         for name, variant in self.variants.items():
-            out += [(f"variants.{name}.files.{role}", entry) for role, entry in variant.files.items()]
+            if built or not variant.built:
+                out += [(f"variants.{name}.files.{role}", entry) for role, entry in variant.files.items()]
         return out
 
     def role_io(self, role: str) -> RoleIO:

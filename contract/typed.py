@@ -160,7 +160,8 @@ def to_plain(value: Any) -> Any:
         for f in declared_fields(type(value)):
             v = getattr(value, f.name)
             if not is_required(f) and ((v is None and not f.metadata.get("keep_null"))
-                                       or (isinstance(v, (dict, list)) and not v)):
+                                       or (isinstance(v, (dict, list)) and not v)
+                                       or (f.metadata.get("omit_default") and v == f.default)):
                 continue
             out[f.name] = to_plain(v)
         for k, v in (getattr(value, "extra", None) or {}).items():

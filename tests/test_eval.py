@@ -23,6 +23,8 @@ from service.tiling import tile_and_blend
 from tiny_configs import export_tiny_models
 from training import checkpoint as ckpt
 from training import evaluate as ev
+from training.data import FASHION_MNIST_CLASSES
+from training import eval_cli
 from training import metrics as tm
 from training.classifier import ClassifierConfig, ensure_classifier, to_classifier_input
 
@@ -233,14 +235,19 @@ def test_eval_cli(models, classifier_cache, capsys, tmp_path):
     args = ["--models", str(models), "--classifier-cache", str(classifier_cache),
             "--classifier-steps", str(CLASSIFIER_STEPS), "--samples-per-class", "2", "--limit", "10"]
     before = (models / name / "card.json").read_text()
-    assert ev.main([name, *args, "--dry-run"]) == 0
+    assert eval_cli.main([name, *args, "--dry-run"]) == 0
     assert (models / name / "card.json").read_text() == before
-    assert ev.main([name, *args]) == 0
+    assert eval_cli.main([name, *args]) == 0
     assert json.loads((models / name / "card.json").read_text())["metrics"]["heldout"]["samples"] == 20
     capsys.readouterr()
-    assert ev.main(["no-such-model", *args]) == 2
+    assert eval_cli.main([name, *args, "--dry-run", "--data", "classes=[0, 3]"]) == 0  # the dataset config, changed
+    out = capsys.readouterr().out
+    shown = json.loads(out[out.index("{\n"):])
+    assert shown["samples"] == 4 and shown["data_overrides"] == {"classes": [0, 3]}
+    assert sorted(shown["class_match_per_class"]) == sorted([FASHION_MNIST_CLASSES[0], FASHION_MNIST_CLASSES[3]])
+    assert eval_cli.main(["no-such-model", *args]) == 2
     assert "card.json is missing" in capsys.readouterr().err
-    assert ev.main([name, *args, "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert eval_cli.main([name, *args, "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

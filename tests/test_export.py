@@ -424,3 +424,37 @@ def test_a_card_that_breaks_the_contract_is_refused_naming_the_field(tiny_ckpts,
     err = capsys.readouterr().err
     assert rc == 2 and "classes[1]" in err, err
     assert version(first) == v1 and not leftovers(out, "sr") and not (out / ".sr.prev").exists()
+
+
+def test_fp16_is_built_not_shipped_and_remade_byte_for_byte(published, tmp_path, capsys):
+    """The fp16 variant is `built`: a folder without its files verifies and serves fp32; `python -m training
+    fp16` remakes them from the fp32 graphs with the card's sha256; other bytes are refused, nothing left."""
+    from training.__main__ import main as cli
+
+    models = tmp_path / "models"
+    folder = models / "tiny-cyclegan"
+    shutil.copytree(published["cyclegan"], folder)
+    card = json.loads((folder / "card.json").read_text())
+    fp16 = card["variants"]["fp16"]
+    assert fp16["built"] is True and set(fp16["files"]) == {"a2b", "b2a"}
+    shipped = {role: sha256_file(folder / e["path"]) for role, e in fp16["files"].items()}
+    for entry in fp16["files"].values():
+        (folder / entry["path"]).unlink()  # what a git clone holds
+    verify_model_dir(folder, deep=True)  # not built yet is not broken
+    (folder / "a2b.onnx").write_bytes(b"x")  # a missing fp32 file still is
+    with pytest.raises(ModelDirError, match="a2b"):
+        verify_model_dir(folder)
+    shutil.copy2(published["cyclegan"] / "a2b.onnx", folder / "a2b.onnx")
+
+    assert cli(["fp16", "--models", str(models)]) == 0
+    assert {role: sha256_file(folder / e["path"]) for role, e in fp16["files"].items()} == shipped
+    assert cli(["fp16", "--models", str(models), "tiny-cyclegan"]) == 0  # nothing to do: still fine
+    verify_model_dir(folder, deep=True)
+
+    (folder / "b2a.fp16.onnx").unlink()
+    card["variants"]["fp16"]["files"]["b2a"]["sha256"] = "0" * 64  # made by another converter
+    (folder / "card.json").write_text(json.dumps(card))
+    capsys.readouterr()
+    assert cli(["fp16", "--models", str(models)]) == 1
+    assert "other bytes" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["a2b.fp16.onnx", "a2b.onnx", "b2a.onnx", "card.json"]

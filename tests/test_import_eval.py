@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from contract import Provenance, SourceFile
 from contract.folder import verify_model_dir, write_card
 from training import evaluate as ev
+from training import eval_cli
 from training.fixtures import fixture_card, image_graph, write_onnx
 
 ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" / "sr"
@@ -112,12 +113,12 @@ def test_eval_imported_defaults_to_data_photos(imported, tiny_datasets, tmp_path
 
     monkeypatch.chdir(tmp_path)
     args = ["cubic-x2", "--models", str(imported), "--crop", "32", "--anchors", str(tmp_path / "none")]
-    assert ev.main([*args, "--dry-run"]) == 2
+    assert eval_cli.main([*args, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "data/photos" in err and "prepare photos" in err and "--data-root" in err
     shutil.copytree(tiny_datasets["photos"], tmp_path / "data" / "photos")
     before = (imported / "cubic-x2" / "card.json").read_text()
-    assert ev.main([*args, "--dry-run", "--limit", "1"]) == 0
+    assert eval_cli.main([*args, "--dry-run", "--limit", "1"]) == 0
     assert (imported / "cubic-x2" / "card.json").read_text() == before
     printed = capsys.readouterr().out
     result = json.loads(printed[printed.index("\n{") + 1:])

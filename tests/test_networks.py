@@ -109,3 +109,48 @@ def test_srresnet_rejects_non_power_of_two():
 def test_sr_discriminator_any_size(hw):
     d = SRDiscriminator(SRDiscriminatorConfig(ndf=4))
     assert d(torch.randn(2, 3, *hw)).shape == (2,)
+
+
+def test_dcgan_spectral_norm_and_class_head():
+    """spectral_norm: D has no batch norm and its layers' largest singular value is 1; aux_classifier: class
+    logits beside the real/fake score, and asking for them without the head is an error."""
+    cfg = DCGANConfig(latent_dim=16, image_size=32, ngf=8, ndf=8, spectral_norm=True, aux_classifier=True)
+    d = ProjectionDiscriminator(cfg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    x, y = torch.randn(5, 1, 32, 32), torch.tensor([0, 1, 2, 3, 9])
+    for _ in range(30):  # the power iteration converges in training mode
+        d(x, y)
+    conv = d.features[2]
+    w = conv.weight.detach().flatten(1)
+    assert abs(torch.linalg.matrix_norm(w, ord=2).item() - 1.0) < 0.05
+    score, classes = d(x, y, with_class=True)
+    assert score.shape == (5,) and classes.shape == (5, 10)
+    with pytest.raises(ValueError, match="aux_classifier"):
+        ProjectionDiscriminator(DCGANConfig(latent_dim=16, image_size=32, ngf=8, ndf=8))(x, y, with_class=True)
+
+
+def test_unet_chroma_keeps_the_luma_and_rebuilds_rgb():
+    """output: chroma: the image's own Cb/Cr give back the RGB image (up to 8-bit rounding of the luma), and
+    whatever the chroma, the output's luma is the input's wherever the colour is in gamut."""
+    import numpy as np
+    from PIL import Image
+
+    from training.networks.pix2pix import luma_chroma_to_rgb
+
+    rng = torch.Generator().manual_seed(0)
+    rgb = (torch.rand(1, 3, 16, 24, generator=rng) * 0.6 + 0.2)  # in gamut, away from the clip
+    im = Image.fromarray((rgb[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+    rgb8 = torch.from_numpy(np.asarray(im, dtype="float32") / 255).permute(2, 0, 1)[None]
+    y = torch.from_numpy(np.asarray(im.convert("L"), dtype="float32") / 255)[None, None]
+    r, g, b = rgb8[:, 0:1], rgb8[:, 1:2], rgb8[:, 2:3]
+    cb, cr = (b - y) / 1.772, (r - y) / 1.402
+    out = (luma_chroma_to_rgb(y * 2 - 1, torch.cat([cb, cr], 1) * 2) + 1) / 2
+    assert (out - rgb8).abs().max() < 3 / 255
+    net = UNetGenerator(UNetConfig(in_channels=1, out_channels=3, num_downs=5, ngf=4, output="chroma")).eval()
+    x = torch.rand(2, 1, 64, 32) * 0.4 - 0.2  # mid-gray luma: every chroma the tanh allows stays near gamut
+    o = (net(x) + 1) / 2
+    assert o.shape == (2, 3, 64, 32)
+    luma = 0.299 * o[:, 0:1] + 0.587 * o[:, 1:2] + 0.114 * o[:, 2:3]
+    assert (luma - (x + 1) / 2).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="chroma"):
+        UNetConfig(in_channels=3, out_channels=3, output="chroma")

@@ -35,7 +35,7 @@ def test_real_steps_update_every_network(family, tiny_datasets):
         losses = recipe.train_step(batches[step], step)
         recipe.end_step()
         assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
-    expected = {"dcgan": {"G", "D"}, "pix2pix": {"G", "D"}, "cyclegan": {"G_A", "G_B", "D_A", "D_B"},
+    expected = {"dcgan": {"G", "D", "G_ema"}, "pix2pix": {"G", "D"}, "cyclegan": {"G_A", "G_B", "D_A", "D_B"},
                 "srgan": {"G"}, "srgan-gan": {"G", "D"}}[family]
     assert set(recipe.nets) == expected
     for name, net in recipe.nets.items():

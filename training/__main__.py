@@ -1,4 +1,4 @@
-"""ganforge training CLI: `python -m training {train,prepare,export,import,eval,quantize,optimize,bf16,sheets} ...`."""
+"""ganforge training CLI: `python -m training {train,prepare,export,import,eval,quantize,optimize,bf16,fp16,sheets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -25,8 +25,8 @@ def _import(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from . import evaluate
-    return evaluate.main(argv) or 0
+    from . import eval_cli
+    return eval_cli.main(argv) or 0
 
 
 def _quantize(argv: list[str]) -> int:
@@ -44,6 +44,11 @@ def _bf16(argv: list[str]) -> int:
     return bf16.main(argv) or 0
 
 
+def _fp16(argv: list[str]) -> int:
+    from .export import fp16
+    return fp16.main(argv) or 0
+
+
 def _sheets(argv: list[str]) -> int:
     from . import sheets
     return sheets.main(argv) or 0
@@ -57,6 +62,7 @@ DELEGATED = {
     "quantize": (_quantize, "write an int8 (QDQ) variant of a published model for the CPU provider"),
     "optimize": (_optimize, "apply the measured exact graph rewrites to a published model (export does it too)"),
     "bf16": (_bf16, "measure OpenVINO bf16 against fp32 on a published model and record the gate in its card"),
+    "fp16": (_fp16, "make the fp16 files the cards list as built (not in git) from the fp32 graphs"),
     "sheets": (_sheets, "sample sheets (PNG) of published models on held-out data, and a metrics table"),
 }
 

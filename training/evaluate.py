@@ -23,11 +23,10 @@ training/metrics.py.
   project's Fashion-MNIST classifier puts in the target domain.
 - generate (dcgan): share of samples classified as the requested class; a
   Frechet distance on the classifier's penultimate features vs the held-out
-  split, next to the same distance for real training images (the floor).
-
-Which evaluation a model gets comes from training/registry.py (its family's
-`evaluate` entry); a family the registry does not know gets the evaluation of a
-known family with the same endpoint and graph roles.
+  split, next to the same distance for real training images (the floor), and the
+  classifier's accuracy on real held-out images of each class (the per-class bar).
+Which evaluation a model gets comes from training/registry.py (its family's `evaluate` entry; an unknown
+family gets that of a known family with the same endpoint and graph roles).
 
 A card without a `training` block (`python -m training import`) names no dataset: eval reads the held-out
 photos of `data/photos` (`python -m training prepare photos`; --data-root DIR overrides). upscale: as srgan,
@@ -38,10 +37,8 @@ inputs (colourfulness, change, spread). Such figures carry `measured` (what, on 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import Card, CardError
+from contract import Card
 from contract.folder import ModelDirError, model_lock, verify_model_dir, write_card
 from service import inference
 from service.config import Settings
@@ -396,11 +393,16 @@ def eval_generate(job: EvalJob) -> dict[str, Any]:
     train = build_dataset(DataConfig(**data), "train")
     test_imgs = test.images[:job.limit]
     pick = np.random.default_rng([job.seed, 1]).choice(len(train), size=min(len(labels), len(train)), replace=False)
-    _, test_feats = clf.predict(test_imgs)
+    test_logits, test_feats = clf.predict(test_imgs)
     _, train_feats = clf.predict(train.images[pick])
+    test_pred, test_labels = test_logits.argmax(1), np.asarray(test.labels[:job.limit])
+    # the bar for each class: the classifier's own accuracy on real held-out images of that class
+    real_per_class = {name: float((test_pred[test_labels == c] == c).mean()) for c, name in enumerate(classes)
+                      if c in wanted and (test_labels == c).any()}
     return {
         "class_match": float((pred == labels).mean()),
         "class_match_per_class": per_class,
+        "classifier_real_per_class": real_per_class,
         "frechet_distance": frechet_distance(gen_feats, test_feats),
         "frechet_distance_real_train": frechet_distance(train_feats, test_feats),
         "samples": int(len(labels)), "samples_per_class": job.samples_per_class,
@@ -519,8 +521,10 @@ def eval_translate_photos(job: EvalJob) -> dict[str, Any]:
 def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: int | None = None,
                    classifier_cache: str | Path = "runs/classifier", classifier_steps: int | None = None,
                    crop: int = 512, samples_per_class: int = 100, anchors_dir: str | Path | None = DEFAULT_ANCHORS,
-                   seed: int = 0, write: bool = True, log=print) -> dict[str, Any]:
-    """Evaluate OUT/NAME on its held-out split; returns (and by default writes) `metrics.heldout`."""
+                   seed: int = 0, write: bool = True, log=print,
+                   data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate OUT/NAME on its held-out split; returns (and by default writes) `metrics.heldout`.
+    data_overrides: dataset config keys to change (e.g. crop_size, to measure the way an older card was)."""
     model_dir = Path(model_dir)
     try:
         verify_model_dir(model_dir)
@@ -530,7 +534,7 @@ def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: i
         raise EvalError(f"--limit must be >= 1, got {limit}")
     served = load_served(model_dir)
     card = served.card
-    data = data_config(card, data_root)
+    data = {**data_config(card, data_root), **(data_overrides or {})}
     evaluator = evaluator_for(card, data)
     log(f"evaluating {model_dir.name} ({card.family}, version {card.version}) on {data.get('root')} (test split)")
     job = EvalJob(served, data, limit=limit, crop=crop, anchors_dir=Path(anchors_dir) if anchors_dir else None,
@@ -540,6 +544,8 @@ def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: i
     note = measured_note(card, data)
     if note:
         result["measured"] = note
+    if data_overrides:
+        result["data_overrides"] = dict(data_overrides)
     result.update(split="test", data_root=shown_path(data.get("root")),
                   runtime=f"onnxruntime {served.provider} {served.precision} (the service's pipeline)",
                   model_version=card.version, seed=seed,
@@ -558,43 +564,3 @@ def write_heldout(model_dir: Path, version: str, result: dict[str, Any]) -> None
                             f"run eval again")
         card.metrics.heldout = result
         write_card(model_dir, card)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training eval",
-                                description="Measure a published model on its held-out split through the "
-                                            "service's pipeline and write the figures into its card "
-                                            "(metrics.heldout).")
-    p.add_argument("name", help="model name (folder under --models)")
-    p.add_argument("--models", default="models", help="the models folder (default: models)")
-    p.add_argument("--data-root", help="dataset root (default: the one in the card's training config; for a model "
-                                       "without one, e.g. imported: data/photos, the held-out photos of "
-                                       "`python -m training prepare photos`, or a CycleGAN testA/testB root)")
-    p.add_argument("--limit", type=int, help="use at most N held-out images (per domain for cyclegan)")
-    p.add_argument("--crop", type=int, default=512,
-                   help="upscale: centre crop of each held-out photo, in HR pixels (0 = whole photo, tiled)")
-    p.add_argument("--samples-per-class", type=int, default=100, help="generate: samples per class (default 100)")
-    p.add_argument("--classifier-cache", default="runs/classifier",
-                   help="where the Fashion-MNIST classifier is cached (default: runs/classifier)")
-    p.add_argument("--classifier-steps", type=int, help="classifier training steps (default: 1000)")
-    p.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of FSRCNN/ESPCN/LapSRN .pb files")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="print the figures, leave the card as it is")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    args = build_parser().parse_args(argv)
-    try:
-        result = evaluate_model(Path(args.models) / args.name, args.data_root, args.limit, args.classifier_cache,
-                                args.classifier_steps, args.crop, args.samples_per_class, args.anchors,
-                                args.seed, write=not args.dry_run)
-    except (EvalError, ModelDirError, CardError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    if not args.dry_run:
-        print(f"wrote metrics.heldout into {Path(args.models) / args.name / 'card.json'}")
-    return 0

@@ -10,15 +10,20 @@ from torch import nn
 
 
 class GANLoss(nn.Module):
-    """vanilla: the minimax game with BCE on logits (Goodfellow 2014); lsgan: least squares (Mao 2017)."""
+    """vanilla: the minimax game with BCE on logits (Goodfellow 2014); lsgan: least squares (Mao 2017);
+    hinge: max(0, 1 -+ D) for D and -D for G (Lim & Ye 2017; Miyato 2018), so `generator=True` matters."""
 
     def __init__(self, mode: str = "vanilla", real_label: float = 1.0, fake_label: float = 0.0):
         super().__init__()
-        if mode not in ("vanilla", "lsgan"):
-            raise ValueError(f"unknown gan mode {mode!r} (vanilla | lsgan)")
+        if mode not in ("vanilla", "lsgan", "hinge"):
+            raise ValueError(f"unknown gan mode {mode!r} (vanilla | lsgan | hinge)")
         self.mode, self.real_label, self.fake_label = mode, real_label, fake_label
 
-    def forward(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, real: bool, generator: bool = False) -> torch.Tensor:
+        if self.mode == "hinge":
+            if generator:
+                return -logits.mean()
+            return F.relu(1.0 - logits).mean() if real else F.relu(1.0 + logits).mean()
         target = torch.full_like(logits, self.real_label if real else self.fake_label)
         if self.mode == "lsgan":
             return F.mse_loss(logits, target)

@@ -107,6 +107,12 @@ def restamp(staging: Path, card: Card, done: dict[str, Any], worst: float) -> No
     previous = card.version
     for role in done:
         card.files[role] = file_entry(staging, card.files[role].path)
+    for variant in card.variants.values():
+        if variant.built:  # build-time files follow their fp32 graphs: remade from the rewritten ones
+            from .export.fp16 import make_fp16
+            for role, entry in variant.files.items():
+                make_fp16(staging / card.files[role].path, staging / entry.path)
+                variant.files[role] = file_entry(staging, entry.path)
     onnx_files = [e.path for _, e in card.file_names() if e.path.endswith(".onnx")]
     card.version = content_version(staging, onnx_files, when)
     card.optimized = {"rewrites": done, "max_abs_vs_previous": worst, "previous_version": previous,

@@ -2,14 +2,22 @@
 
 Each `<role>.fp16.onnx` is checked against its fp32 graph on the CPU provider (the same parity
 cases); over the tolerance, or when the converter is missing or fails, the card says so in a
-`produced: load` entry instead (the service converts at load time then).
+`produced: load` entry without files instead (the service then runs fp32 where fp16 is asked for).
+
+The variant is `built`: its files are a pure function of the fp32 graph and the converter, so git
+does not keep them (models/ stays small); `python -m training fp16 [NAME ...]` (make fp16, run by
+make container-gpu and make gpu-check) remakes them and installs each only when its sha256 is the
+card's, byte for byte. Nothing is torch here: the command runs wherever onnx is installed.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from pathlib import Path
 
 from contract import Variant
-from contract.folder import file_entry, write_bytes_durably
+from contract.folder import CardError, fsync_dir, file_entry, read_card, sha256_file, write_bytes_durably
 
 from .parity import Case, cpu_session, measure
 from .graph import quiet_exporter
@@ -103,6 +111,59 @@ def fp16_variant(staging: Path, specs, cases_by_role: dict[str, list[Case]], tol
                                              f"exceeds the tolerance {tolerance:g}")
     log(f"fp16 variant: max abs vs fp32 {worst:.2e} (tolerance {tolerance:g})" if verified
         else "fp16 variant: not verifiable on CPU")
-    return Variant(produced="export", files=files, note="; ".join(notes) or None,
+    return Variant(produced="export", files=files, note="; ".join(notes) or None, built=True,
                    extra={"tolerance_max_abs": tolerance, "max_abs": worst if verified else None,
                           "checked_on": "CPUExecutionProvider" if verified else None, "keep_io_types": True})
+
+
+# ------------------------------------------------------------------ build time: remake the files git does not keep
+
+def materialize(folder: Path, log=print) -> list[str]:
+    """Make the missing files of folder's built fp16 variant from its fp32 graphs; returns the problems.
+
+    A remade file is installed (atomic rename) only when its sha256 is the card's: a different onnx or
+    onnxruntime converter gives other bytes, and the card's measured parity would not be about them."""
+    card = read_card(folder)
+    variant = card.variants.get("fp16")
+    if variant is None or not variant.built:
+        return []
+    problems = []
+    for role, entry in variant.files.items():
+        dst = folder / entry.path
+        if dst.is_file() and sha256_file(dst) == entry.sha256:
+            continue
+        tmp = folder / f".{entry.path}.tmp-{os.getpid()}"
+        try:
+            make_fp16(folder / card.files[role].path, tmp)
+            got = sha256_file(tmp)
+            if got != entry.sha256:
+                problems.append(f"{folder.name}/{entry.path}: the converter made other bytes (sha256 {got[:12]}, the "
+                                f"card says {entry.sha256[:12]}); card made with {card.runtimes}: install those "
+                                f"onnx/onnxruntime versions, or re-export")
+                continue
+            os.replace(tmp, dst)
+            fsync_dir(folder)
+            log(f"{folder.name}: {entry.path} made ({entry.bytes} bytes, sha256 matches the card)")
+        finally:
+            tmp.unlink(missing_ok=True)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training fp16",
+                                description="Make the fp16 files that model cards list as built (not kept in git) "
+                                            "from their fp32 graphs, byte-identical to the card's sha256.")
+    p.add_argument("names", nargs="*", help="model folders (default: every folder with a card)")
+    p.add_argument("--models", default="models", help="the models folder [models]")
+    args = p.parse_args(argv)
+    root = Path(args.models)
+    names = args.names or sorted(d.name for d in root.iterdir() if (d / "card.json").is_file())
+    problems = []
+    for name in names:
+        try:
+            problems += materialize(root / name)
+        except (OSError, CardError) as e:
+            problems.append(f"{name}: {e}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0

@@ -2,7 +2,9 @@
 
 DCGAN rules: transposed convs in G, strided convs in D, batch norm, ReLU + Tanh in G,
 LeakyReLU(0.2) in D. G is conditioned by concatenating a learned class embedding to z;
-D by a projection term <embed(y), h>.
+D by a projection term <embed(y), h>. Options the shipped `fashion` uses:
+`spectral_norm` (Miyato 2018: every D layer, no batch norm in D) and `aux_classifier`
+(a class head on D's features, as AC-GAN, Odena 2017), both off by default.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 
 @dataclass
@@ -22,6 +25,11 @@ class DCGANConfig:
     ndf: int = 64
     embed_dim: int = 50
     minibatch_std: bool = False  # D sees the batch's feature spread (Karras 2018): counters mode collapse
+    spectral_norm: bool = False  # spectral norm on every D layer (and no batch norm in D)
+    aux_classifier: bool = False  # D also predicts the class (loss.aux_class weighs it)
+    # > 0: keep an exponential moving average of G's weights with this decay (Karras 2018, Yazici 2019);
+    # the average is what sample sheets show and what export writes
+    ema_decay: float = 0.0
 
 
 def _stages(image_size: int) -> tuple[int, int]:
@@ -64,24 +72,35 @@ class ConditionalGenerator(nn.Module):
 
 
 class ProjectionDiscriminator(nn.Module):
-    """D(image, label) -> logit[N]; unconditional logit plus the projection <embed(y), h>."""
+    """D(image, label) -> logit[N]; unconditional logit plus the projection <embed(y), h>.
+
+    With `aux_classifier`, `forward(..., with_class=True)` also returns class logits[N, K].
+    """
 
     def __init__(self, cfg: DCGANConfig):
         super().__init__()
         base, k = _stages(cfg.image_size)
+        sn = _sn if cfg.spectral_norm else (lambda m: m)
         ch = cfg.ndf
         # N x C x S x S -> N x ndf x S/2 x S/2 (no batch norm on the input layer, as in DCGAN)
-        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, ch, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels, ch, 4, 2, 1, bias=cfg.spectral_norm)),
+                                   nn.LeakyReLU(0.2, True)]
         for _ in range(k - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            if cfg.spectral_norm:
+                layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+            else:
+                layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
+                           nn.LeakyReLU(0.2, True)]
             ch *= 2
         self.features = nn.Sequential(*layers)  # N x ch x base x base
         self.minibatch_std = cfg.minibatch_std
-        self.head = nn.Conv2d(ch + int(cfg.minibatch_std), 1, base, 1, 0)  # N x 1 x 1 x 1
+        self.head = sn(nn.Conv2d(ch + int(cfg.minibatch_std), 1, base, 1, 0))  # N x 1 x 1 x 1
         self.embed = nn.Embedding(cfg.num_classes, ch)
         nn.init.xavier_uniform_(self.embed.weight)  # N(0, 1) would swamp the unconditional logit
+        self.embed = sn(self.embed)
+        self.classify = sn(nn.Linear(ch, cfg.num_classes)) if cfg.aux_classifier else None
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, label: torch.Tensor, with_class: bool = False):
         h = self.features(image)
         head_in = h
         if self.minibatch_std:
@@ -89,5 +108,10 @@ class ProjectionDiscriminator(nn.Module):
             spread = h.std(dim=0, unbiased=False).mean().expand(h.shape[0], 1, *h.shape[2:])
             head_in = torch.cat([h, spread], dim=1)
         unconditional = self.head(head_in).flatten(1).squeeze(1)
-        projection = (self.embed(label) * h.sum(dim=(2, 3))).sum(dim=1)
-        return unconditional + projection
+        pooled = h.sum(dim=(2, 3))
+        logit = unconditional + (self.embed(label) * pooled).sum(dim=1)
+        if not with_class:
+            return logit
+        if self.classify is None:
+            raise ValueError("with_class needs model.aux_classifier: true")
+        return logit, self.classify(pooled)

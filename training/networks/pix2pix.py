@@ -26,6 +26,17 @@ class UNetConfig:
     # True: conv biases only with instance norm, as junyanz's UnetGenerator decides (differs from the
     # default rule, bias unless batch norm, only for norm "none"); set by `import` for their --norm none
     junyanz_bias: bool = False
+    # "rgb": the U-Net's output is the image. "chroma" (gray -> colour: in_channels 1, out_channels 3): the
+    # U-Net predicts only the two chroma planes (Cb, Cr) and the graph rebuilds RGB from them and the input,
+    # taken as the luma Y (ITU-R 601, as PIL's "L"): the output keeps the input's detail exactly, and the
+    # network spends all of itself on colour (as colorization models predict ab given L, Zhang 2016)
+    output: str = "rgb"
+
+    def __post_init__(self):
+        if self.output not in ("rgb", "chroma"):
+            raise ValueError(f"unet output must be rgb or chroma, not {self.output!r}")
+        if self.output == "chroma" and (self.in_channels, self.out_channels) != (1, 3):
+            raise ValueError("unet output chroma takes 1 channel (luma) in and gives 3 (RGB) out")
 
     @property
     def multiple_of(self) -> int:
@@ -81,10 +92,22 @@ class UNetGenerator(nn.Module):
         block = UNetBlock(f * 4, f * 8, sub=block, **kw)
         block = UNetBlock(f * 2, f * 4, sub=block, **kw)
         block = UNetBlock(f, f * 2, sub=block, **kw)
-        self.model = UNetBlock(cfg.out_channels, f, in_ch=cfg.in_channels, sub=block, outermost=True, **kw)
+        unet_out = 2 if cfg.output == "chroma" else cfg.out_channels
+        self.model = UNetBlock(unet_out, f, in_ch=cfg.in_channels, sub=block, outermost=True, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.output == "chroma":
+            return luma_chroma_to_rgb(x, self.model(x))
         return self.model(x)
+
+
+def luma_chroma_to_rgb(luma: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """luma[N, 1, H, W] in [-1, 1] and chroma[N, 2, H, W] in [-1, 1] (Cb, Cr scaled by 2) -> RGB in [-1, 1],
+    by the full-range ITU-R 601 (JPEG) YCbCr -> RGB matrix; out-of-gamut values are clipped."""
+    y = (luma + 1.0) * 0.5
+    cb, cr = chroma[:, 0:1] * 0.5, chroma[:, 1:2] * 0.5
+    rgb = torch.cat([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], dim=1)
+    return rgb.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 @dataclass
