@@ -1,10 +1,15 @@
-"""deploy/kubernetes.yaml parses and fits the image and the service it deploys (no cluster needed)."""
+"""deploy/ parses and fits the image and the service it deploys (no cluster needed): kubernetes.yaml, and the
+monitoring beside it: the Prometheus scrape configs and alert rules (promtool, where installed), the Grafana
+dashboard and the KEDA autoscaler, whose every query names series the service really exposes."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import logging
+import re
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -111,3 +116,184 @@ def test_json_log_lines():
         record.exc_info = sys.exc_info()
     line = JsonFormatter().format(record)
     assert "\n" not in line and "ValueError: boom" in json.loads(line)["exc_info"]
+
+
+# ------------------------------------------------------------------ monitoring: scrape, alerts, dashboard, scaling
+
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+DASHBOARD = REPO / "deploy" / "grafana" / "ganforge-dashboard.json"
+AUTOSCALING = REPO / "deploy" / "autoscaling.yaml"
+PROMTOOL = shutil.which("promtool")
+NEEDS_PROMTOOL = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (make prometheus, as root)")
+# labels a series gets from the scrape (Prometheus, deploy/prometheus/*.yml), beside the service's own
+SCRAPE_LABELS = {"job", "instance", "namespace", "pod", "gpu"}
+SELECTOR = re.compile(r"\b(ganforge_[a-z_]+)\s*(\{[^}]*\})?")
+
+
+def exposed_metrics() -> dict[str, set[str]]:
+    """Every series name service/telemetry.py exposes -> its label names (+ `le` for buckets)."""
+    from service import telemetry
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names: dict[str, set[str]] = {}
+    for metric in vars(telemetry.metrics()).values():
+        kind = getattr(metric, "_type", None)
+        if kind not in suffixes:
+            continue
+        for suffix in suffixes[kind]:
+            names[metric._name + suffix] = set(metric._labelnames) | ({"le"} if suffix == "_bucket" else set())
+    return names
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+            for rule in group["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"] for p in panels for t in p["targets"]]
+
+
+def scaled_object() -> dict:
+    (doc,) = [d for d in yaml.safe_load_all(AUTOSCALING.read_text()) if d]
+    return doc
+
+
+def all_queries() -> dict[str, str]:
+    """Every PromQL expression deploy/ ships: alerts, dashboard panels, the autoscaler's trigger."""
+    queries = {f"alert {r['alert']}": r["expr"] for r in alert_rules()}
+    queries.update((f"dashboard {i}", e) for i, e in enumerate(dashboard_exprs()))
+    queries["autoscaling"] = scaled_object()["spec"]["triggers"][0]["metadata"]["query"]
+    return queries
+
+
+def test_every_query_names_series_and_labels_the_service_exposes():
+    exposed = exposed_metrics()
+    assert {"ganforge_requests_total", "ganforge_request_duration_seconds_bucket",
+            "ganforge_stage_duration_seconds_sum", "ganforge_requests_in_flight", "ganforge_model_info",
+            "ganforge_model_unavailable", "ganforge_graph_run_rows_count"} <= set(exposed)
+    used = set()
+    for where, query in all_queries().items():
+        found = SELECTOR.findall(query)
+        assert found or query.startswith("up{"), where  # `up`: Prometheus's own, per scrape target
+        for name, selector in found:
+            assert name in exposed, (where, name)
+            labels = set(re.findall(r"(\w+)\s*(?:=~|!=|!~|=)", selector))
+            assert labels <= exposed[name] | SCRAPE_LABELS, (where, name, labels - exposed[name])
+            used.add(name)
+    # what an operator needs to see is on the dashboard or in an alert
+    assert {"ganforge_requests_total", "ganforge_request_duration_seconds_bucket",
+            "ganforge_stage_duration_seconds_sum", "ganforge_requests_in_flight", "ganforge_tiles_per_request_sum",
+            "ganforge_graph_run_rows_count", "ganforge_output_megapixels_sum", "ganforge_model_info",
+            "ganforge_model_unavailable", "ganforge_model_loads_total", "ganforge_reloads_total"} <= used
+
+
+def test_alerts_cover_what_an_operator_is_paged_for():
+    rules = {r["alert"]: r for r in alert_rules()}
+    assert {"GanforgeHighErrorRate", "GanforgeHighLatencyP99", "GanforgeModelUnavailable",
+            "GanforgeModelOnCpuFallback"} <= set(rules)
+    assert 'outcome=~"server_error|timeout"' in rules["GanforgeHighErrorRate"]["expr"]
+    assert "histogram_quantile(0.99" in rules["GanforgeHighLatencyP99"]["expr"]
+    limit = Settings().timeout_s  # the p99 threshold is half the per-request limit
+    assert re.search(rf"\)\s*>\s*{limit / 2:g}\s*$", rules["GanforgeHighLatencyP99"]["expr"].strip())
+    assert 'gpu="required"' in rules["GanforgeModelOnCpuFallback"]["expr"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in ("page", "warn") and rule["annotations"]["summary"]
+
+
+@NEEDS_PROMTOOL
+def test_promtool_checks_and_unit_tests_the_rules():
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"],
+                 ["check", "config", "prometheus.yml"]):
+        proc = subprocess.run([PROMTOOL, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS_DIR / "alerts_test.yml").read_text()))
+    assert tested == {r["alert"] for r in alert_rules()}  # every alert has its firing case
+
+
+@NEEDS_PROMTOOL
+def test_promtool_checks_the_kubernetes_config_where_it_can(tmp_path):
+    """Debian's prometheus is built without Kubernetes discovery: there promtool cannot read this file,
+    and the relabelling test below is what checks it."""
+    probe = tmp_path / "k8s.yml"
+    probe.write_text("scrape_configs:\n  - job_name: x\n    kubernetes_sd_configs: [{role: pod}]\n")
+    if subprocess.run([PROMTOOL, "check", "config", str(probe)], capture_output=True).returncode != 0:
+        pytest.skip("this promtool has no Kubernetes service discovery (Debian's build)")
+    proc = subprocess.run([PROMTOOL, "check", "config", "kubernetes.yml"], cwd=PROMETHEUS_DIR,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def relabel(rules: list[dict], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus's relabelling (keep, replace) on one target's labels; None when it is dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        value = rule.get("separator", ";").join(labels.get(s, "") for s in rule.get("source_labels", []))
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        action = rule.get("action", "replace")
+        if action == "keep":
+            if not match:
+                return None
+        elif action == "replace":
+            if match:
+                labels[rule["target_label"]] = match.expand(
+                    re.sub(r"\$(\d+)", r"\\\1", rule.get("replacement", "$1")))
+        else:
+            raise AssertionError(f"relabel action {action} is not simulated here")
+    return labels
+
+
+def test_kubernetes_scrape_finds_the_manifests_pods():
+    config = yaml.safe_load((PROMETHEUS_DIR / "kubernetes.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    pod = _docs()["Deployment"]["spec"]["template"]["metadata"]
+    meta = {"__address__": "10.1.2.3", "__metrics_path__": job["metrics_path"],
+            "__meta_kubernetes_namespace": "default", "__meta_kubernetes_pod_name": "ganforge-abc"}
+    slug = lambda key: re.sub(r"[^a-zA-Z0-9_]", "_", key)  # noqa: E731 - how Kubernetes discovery names them
+    meta.update((f"__meta_kubernetes_pod_label_{slug(k)}", str(v)) for k, v in pod["labels"].items())
+    meta.update((f"__meta_kubernetes_pod_annotation_{slug(k)}", str(v)) for k, v in pod["annotations"].items())
+    target = relabel(job["relabel_configs"], meta)
+    assert target is not None
+    assert target["__address__"] == f"10.1.2.3:{IMAGE_PORT}"
+    assert target["__metrics_path__"] == "/metrics"
+    assert (target["namespace"], target["pod"], target["gpu"]) == ("default", "ganforge-abc", "required")
+    other = {k: v for k, v in meta.items() if k != "__meta_kubernetes_pod_label_app"}
+    assert relabel(job["relabel_configs"], other) is None  # another app's pods are not scraped
+
+
+def test_pods_are_annotated_for_scraping_an_open_path():
+    from service.middleware import OPEN_PATHS
+
+    annotations = _docs()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == IMAGE_PORT
+    assert annotations["prometheus.io/path"] in OPEN_PATHS  # no token needed, as a scraper has none
+    assert int(_container()["resources"]["limits"]["nvidia.com/gpu"]) >= 1  # so the gpu label is true
+
+
+def test_autoscaling_scales_the_deployment_on_requests_in_flight():
+    scaled, deployment = scaled_object(), _docs()["Deployment"]
+    assert scaled["kind"] == "ScaledObject" and scaled["apiVersion"].startswith("keda.sh/")
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert spec["minReplicaCount"] == deployment["spec"]["replicas"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"].startswith("sum(ganforge_requests_in_flight")
+    env = {e["name"]: e["value"] for e in _container()["env"] if "value" in e}
+    per_pod = Settings.from_env(env)
+    assert 0 < float(trigger["metadata"]["threshold"]) < per_pod.max_concurrency * per_pod.workers  # before 429
+
+
+def test_dashboard_loads():
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels) >= 10
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "model"}
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
