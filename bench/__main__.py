@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,bigimage,coldstart] [--name NAME]
+"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart] [--name NAME]
 
 Runs the sections, prints a plain-text table per section, and writes
 bench/results/<name>.json (machine, versions, every figure and its samples)
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, bigimage, coldstart, compute, precision, serving, tuning
+from . import backends, bigimage, coldstart, compute, precision, serving, telemetry, tuning
 from .common import PROFILES, busy_warning, machine
 from .models import REPO, prepare
 
@@ -27,6 +27,7 @@ SECTIONS = {
     "precision": (precision.run, precision.report, "int8 variant vs fp32: throughput ratio and PSNR vs fp32"),
     "backends": (backends.run, backends.report, "onnxruntime vs OpenVINO, fp32 / bf16 / int8: ms, PSNR, GFLOP/s"),
     "serving": (serving.run, serving.report, "serving overhead: session vs pipeline vs HTTP; throughput vs clients"),
+    "telemetry": (telemetry.run, telemetry.report, "ganforge's metrics and spans: on vs off, and the recording alone"),
     "bigimage": (bigimage.run, bigimage.report, "big images: tiled pipeline by tile size"),
     "coldstart": (coldstart.run, coldstart.report, "cold start"),
 }

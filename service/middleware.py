@@ -24,6 +24,10 @@ In order, per HTTP request:
    task waits on the real `receive` for `http.disconnect` and cancels the token when the client
    leaves before its answer started, so the worker thread stops within one tile.
 
+6. every POST to an image API gets a `telemetry.RequestRecord` on arrival (bound like the token), which
+   counts it once, with the status it was answered and what the handler noted, when it ends
+   (service/telemetry.py; not with GANFORGE_METRICS=0).
+
 BentoML's own TimeoutMiddleware (504) and MaxConcurrencyMiddleware (429)
 wrap this one, so those two answers keep BentoML's body {"error": "..."}. Its timeout is set a
 little later than GANFORGE_TIMEOUT_S (service/service.py), as a backstop: the token's deadline

@@ -50,6 +50,8 @@ import threading
 import time
 from typing import Any, Iterator
 
+from opentelemetry import trace
+
 from .config import Settings, backstop_timeout
 
 NONE = "-"  # the model/version label of a request that never reached a model
@@ -124,6 +126,16 @@ class Metrics:
                                "file watch)")
         self._lock = threading.Lock()
         self._served: dict[str, tuple[str, ...]] = {}  # model -> the info labels last set to 1
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: a dict lookup instead of prometheus_client's validation
+        under a lock, ~10 times per request (the label sets are few: models x endpoints x outcomes)."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children.setdefault(key, metric.labels(*labels))
+        return found
 
     def models_served(self, models: dict[str, Any]) -> None:
         """Set the model gauges from the registry's models (ServedModel by name)."""
@@ -180,14 +192,14 @@ class RequestRecord:
         self.input_mpx: float | None = None
         self.output_mpx: float | None = None
         self.hint: str | None = None
-        self._gauge = self.metrics.in_flight.labels(NONE, NONE, endpoint)
+        self._gauge = self.metrics.child(self.metrics.in_flight, NONE, NONE, endpoint)
         self._gauge.inc()
 
     def picked(self, name: str, version: str | None) -> None:
         """The request now belongs to model `name`: its in-flight count moves there."""
         self._gauge.dec()
         self.model, self.version = name, version or NONE
-        self._gauge = self.metrics.in_flight.labels(self.model, self.version, self.endpoint)
+        self._gauge = self.metrics.child(self.metrics.in_flight, self.model, self.version, self.endpoint)
         self._gauge.inc()
 
     def finish(self, status: int | None) -> None:
@@ -196,10 +208,13 @@ class RequestRecord:
         self._gauge.dec()
         kind, code = outcome(status, self.hint)
         m, labels = self.metrics, (self.model, self.version, self.endpoint)
-        m.requests.labels(*labels, kind, str(code)).inc()
-        m.duration.labels(*labels, kind).observe(took)
-        if self.handler_started is None:
-            return
+        m.child(m.duration, *labels, kind).observe(took)
+        if self.handler_started is not None:
+            self._observe_stages(labels, took)
+        m.child(m.requests, *labels, kind, str(code)).inc()
+
+    def _observe_stages(self, labels: tuple[str, str, str], took: float) -> None:
+        m = self.metrics
         stages = self.stages
         stages["queue"] = self.handler_started - self.arrived + self.wait_seconds
         stages["compute"] = max(self.compute_seconds - self.wait_seconds, 0.0)
@@ -208,13 +223,13 @@ class RequestRecord:
         stages["respond"] = max(took - (self.handler_started - self.arrived) - self.handler_seconds, 0.0)
         for stage, seconds in stages.items():
             if seconds > 0 or stage in ("queue", "process", "respond"):  # no decode stage for /generate, ...
-                m.stage.labels(*labels, stage).observe(seconds)
+                m.child(m.stage, *labels, stage).observe(seconds)
         if self.tiles:
-            m.tiles.labels(*labels).observe(self.tiles)
+            m.child(m.tiles, *labels).observe(self.tiles)
         if self.input_mpx is not None:
-            m.input_mpx.labels(*labels).observe(self.input_mpx)
+            m.child(m.input_mpx, *labels).observe(self.input_mpx)
         if self.output_mpx is not None:
-            m.output_mpx.labels(*labels).observe(self.output_mpx)
+            m.child(m.output_mpx, *labels).observe(self.output_mpx)
 
 
 _CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("ganforge_record", default=None)
@@ -275,8 +290,6 @@ def picked(name: str, version: str | None) -> None:
     if record is None:
         return
     record.picked(name, version)
-    from opentelemetry import trace
-
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute("ganforge.model", name)
@@ -286,18 +299,22 @@ def picked(name: str, version: str | None) -> None:
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
     """Time `name` (decode, encode) for the request and open its span; `compute` opens the span only
-    (the compute stage is the graph runs' own time, `add_compute`)."""
+    (the compute stage is the graph runs' own time, `add_compute`). The span only where the request's
+    own span records (BentoML samples parent-based: a child of an unsampled span is never sampled)."""
     record = _CURRENT.get()
     if record is None:
         yield
         return
     started = time.perf_counter()
     try:
-        with tracer().start_as_current_span(f"ganforge.{name}") as span:
+        if not trace.get_current_span().is_recording():
             yield
-            if name == "compute" and span.is_recording():
-                span.set_attribute("ganforge.tiles", record.tiles)
-                span.set_attribute("ganforge.graph_seconds", record.compute_seconds)
+        else:
+            with tracer().start_as_current_span(f"ganforge.{name}") as span:
+                yield
+                if name == "compute":
+                    span.set_attribute("ganforge.tiles", record.tiles)
+                    span.set_attribute("ganforge.graph_seconds", record.compute_seconds)
     finally:
         if name != "compute":
             record.stages[name] += time.perf_counter() - started

@@ -5,6 +5,8 @@ turns them off, and the trace spans under BentoML's request span."""
 from __future__ import annotations
 
 import asyncio
+import time
+
 import anyio
 import httpx
 import pytest
@@ -18,7 +20,7 @@ from service.deadline import DEADLINE, DISCONNECTED, RequestCancelled
 from service.errors import ApiError
 from service.middleware import GanforgeMiddleware
 from service.service import _image_response
-from service_fixtures import running_server, service_client, write_fixture_models
+from service_fixtures import REPO, running_server, service_client, write_fixture_models
 
 WORKERS = 2
 
@@ -192,6 +194,10 @@ def two_workers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics")
     models = models_with_a_broken_one(tmp / "models")
     with running_server(models, tmp, GANFORGE_WORKERS=str(WORKERS), GANFORGE_DEVICE="cpu") as (base, log):
+        deadline = time.monotonic() + 120  # /readyz answers once one worker is up: wait for the other's warm-up
+        while log.read_text(errors="replace").count("Service ganforge initialized") < WORKERS:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.2)
         yield base, tmp / "bentoml_home" / "prometheus_multiproc_dir"
 
 
@@ -250,3 +256,74 @@ def test_counts_are_exact_across_two_workers(two_workers):
     assert total(after, "ganforge_request_duration_seconds_bucket", le="132.0") > 0  # 120 s + the backstop
     assert total(after, "ganforge_request_duration_seconds_bucket", le="+Inf") == \
         total(after, "ganforge_request_duration_seconds_count")
+
+
+class _OtlpReceiver:
+    """A stand-in OpenTelemetry collector: OTLP/HTTP on a loopback port, keeps the spans it is sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list = []
+        spans = self.spans
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+                spans.extend(s for r in request.resource_spans for scope in r.scope_spans for s in scope.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.slow
+def test_tracing_configured_as_documented_exports_nested_spans(tmp_path):
+    """README's tracing configuration on a real `bentoml serve`: BentoML's request span and ganforge's
+    stage spans reach an OTLP collector, the stages as children of the request span."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the OTLP exporter is a serving "
+                        "dependency (pyproject.toml): pip install -e .")
+    receiver = _OtlpReceiver()
+    write_fixture_models(tmp_path / "models")
+    options = " ".join(f"services.ganforge.tracing.{k}={v}" for k, v in
+                       {"exporter_type": "otlp", "sample_rate": "1.0", "otlp.protocol": "http",
+                        "otlp.endpoint": receiver.url}.items())
+    with running_server(tmp_path / "models", tmp_path, BENTOML_CONFIG_OPTIONS=options,
+                        OTEL_BSP_SCHEDULE_DELAY="100") as (base, _):
+        r = httpx.post(f"{base}/upscale", files={"image": ("a.png", png(300, 200))}, timeout=120)
+        assert r.status_code == 200
+        deadline = time.monotonic() + 30
+        while not any(s.name == "ganforge.encode" for s in receiver.spans):
+            assert time.monotonic() < deadline, [s.name for s in receiver.spans]
+            time.sleep(0.1)
+    receiver.server.shutdown()
+    (request,) = [s for s in receiver.spans if s.name == "POST /upscale"]
+    attributes = {a.key: a.value.string_value for a in request.attributes}
+    assert attributes["ganforge.model"] == "srresnet-x4"
+    stages = {s.name: s for s in receiver.spans if s.name.startswith("ganforge.")}
+    assert set(stages) == {"ganforge.decode", "ganforge.compute", "ganforge.encode"}
+    for span in stages.values():
+        assert (span.trace_id, span.parent_span_id) == (request.trace_id, request.span_id)
+        assert request.start_time_unix_nano <= span.start_time_unix_nano <= span.end_time_unix_nano \
+            <= request.end_time_unix_nano
+
+
+def test_bench_measures_the_recording_in_worker_mode():
+    """bench/telemetry.py's direct figure: a fresh process in prometheus_client's multiprocess mode."""
+    import subprocess
+    import sys
+
+    code = "from bench.telemetry import record_cost_in_worker_mode as f; print(f(50))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 0 < float(out.stdout.strip()) < 0.01  # seconds per request's recording
