@@ -4,9 +4,10 @@
    GANFORGE_METRICS=1 (the default: metrics recorded, spans opened) and GANFORGE_METRICS=0; one client
    sends the same request to each in alternating rounds (common.interleaved), /translate 256x256 on
    pix2pix (the issue's case) and /generate n=1 (the smallest request: the worst case in relative terms).
-   The figure is the ratio of the medians, on / off, next to on / on-again (a third server set up like
-   "on": what two identical servers differ by here, the figure's noise floor). It is what a client sees,
-   but on a shared 2-core machine that floor (a few %) is larger than the cost measured.
+   Two servers of each kind (on, off, on, off in the rounds, reversed every other round); the figure is the
+   ratio of the medians of all "on" calls and all "off" calls, next to on / on 2 and off / off 2 (two
+   identical servers: the figure's noise floor). It is what a client sees, but on a shared 2-core machine
+   that floor can be as large as the cost measured.
 2. The recording itself: a request's whole record (arrival, model picked, decode/compute/encode
    stages with their spans, sizes, the final counts and histograms) done N times in a loop, in a fresh
    process whose prometheus_client runs in multiprocess mode (PROMETHEUS_MULTIPROC_DIR set, so every
@@ -31,10 +32,11 @@ from .common import REPO, Profile, fmt_ms, fmt_x, interleaved, ratio, stats, tab
 from .models import BenchModels
 from .serving import start_all, workloads
 
-# "on, again": a second server exactly like "on", so on / on-again is the floor of the on / off figure: what
-# two identical server processes differ by on this machine in the same rounds
-SERVERS = {"metrics on": {"GANFORGE_METRICS": "1"}, "metrics off": {"GANFORGE_METRICS": "0"},
-           "on, again": {"GANFORGE_METRICS": "1"}}
+# two servers of each kind, in the order on, off, on, off (and reversed every other round), so neither kind
+# holds one position in the rounds; each kind's twin measures the floor of the figure: what two identical
+# server processes differ by on this machine, in the same rounds
+SERVERS = {"on": {"GANFORGE_METRICS": "1"}, "off": {"GANFORGE_METRICS": "0"},
+           "on 2": {"GANFORGE_METRICS": "1"}, "off 2": {"GANFORGE_METRICS": "0"}}
 COMMON_ENV = {"GANFORGE_DEVICE": "cpu"}
 RECORDS = {"full": 20000, "quick": 2000, "smoke": 200}
 
@@ -94,7 +96,7 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
     log(f"  the recording alone, {n} requests, multiprocess mode ...")
     per_request = record_cost_in_worker_mode(n)
     big = next((r for r in rows if "256x256" in r["workload"]), None)
-    share = per_request * 1e3 / big["metrics off"]["p50_ms"] if big else None
+    share = per_request * 1e3 / big["off"]["p50_ms"] if big else None
     return {"servers": SERVERS, "common_env": COMMON_ENV, "latency": rows, "record_us": per_request * 1e6,
             "records": n, "record_share_of_256": share}
 
@@ -118,22 +120,23 @@ def _latency(workload, bases: dict[str, str], profile: Profile, log) -> dict[str
     finally:
         for client in clients.values():
             client.close()
-    on, off, again = samples["metrics on"], samples["metrics off"], samples["on, again"]
-    # the per-round ratio's median: each round's calls ran back to back, under the same load
+    on, off = samples["on"] + samples["on 2"], samples["off"] + samples["off 2"]
     s = {name: stats(v) for name, v in samples.items()}
-    return {"workload": workload.name, **s,
-            "on_over_off": ratio(s["metrics on"]["p50_ms"], s["metrics off"]["p50_ms"]),
-            "paired_median": float(np.median([a / b for a, b in zip(on, off)])),
-            "on_over_on_again": ratio(s["metrics on"]["p50_ms"], s["on, again"]["p50_ms"]),
-            "samples_s": samples}
+    s.update(all_on=stats(on), all_off=stats(off))
+    # each round's calls ran back to back, under the same load: the median of the rounds' own ratios
+    rounds = [(a + c) / (b + d) for a, b, c, d in zip(*(samples[k] for k in SERVERS))]
+    return {"workload": workload.name, **s, "on_over_off": ratio(s["all_on"]["p50_ms"], s["all_off"]["p50_ms"]),
+            "paired_median": float(np.median(rounds)),
+            "on_over_on2": ratio(s["on"]["p50_ms"], s["on 2"]["p50_ms"]),
+            "off_over_off2": ratio(s["off"]["p50_ms"], s["off 2"]["p50_ms"]), "samples_s": samples}
 
 
 def report(result: dict[str, Any]) -> str:
-    rows = [[r["workload"], fmt_ms(r["metrics on"]["p50_ms"]), fmt_ms(r["metrics off"]["p50_ms"]),
-             fmt_ms(r["on, again"]["p50_ms"]), fmt_x(r["on_over_off"]), fmt_x(r["paired_median"]),
-             fmt_x(r["on_over_on_again"]), r["metrics on"]["n"]] for r in result["latency"]]
-    out = [table(["workload", "on p50", "off p50", "on again p50", "on/off", "on/off (paired)",
-                  "on/on again (noise)", "n"], rows)]
+    rows = [[r["workload"], fmt_ms(r["all_on"]["p50_ms"]), fmt_ms(r["all_off"]["p50_ms"]), fmt_x(r["on_over_off"]),
+             fmt_x(r["paired_median"]), fmt_x(r["on_over_on2"]), fmt_x(r["off_over_off2"]), r["on"]["n"]]
+            for r in result["latency"]]
+    out = [table(["workload", "on p50", "off p50", "on/off", "on/off (rounds)", "on/on 2 (noise)",
+                  "off/off 2 (noise)", "n per server"], rows)]
     share = result["record_share_of_256"]
     out.append(f"recording one request's metrics and spans (multiprocess mode, {result['records']} requests): "
                f"{result['record_us']:.1f} us" + (f" = {share:.2%} of the 256x256 request" if share else ""))

@@ -102,6 +102,18 @@ def test_serving_figures(smoke):
         assert t["batching_server"]["requests"] >= t["batching_server"]["runs"] > 0
 
 
+def test_telemetry_figures(smoke):
+    telemetry = smoke[0]["sections"]["telemetry"]
+    assert telemetry["servers"]["off"] == telemetry["servers"]["off 2"] == {"GANFORGE_METRICS": "0"}
+    assert {r["workload"].split()[0] for r in telemetry["latency"]} == {"generate", "translate"}
+    for r in telemetry["latency"]:
+        assert r["on_over_off"] > 0 and r["on_over_on2"] > 0 and r["off_over_off2"] > 0 and r["paired_median"] > 0
+        assert len(r["samples_s"]["on"]) == len(r["samples_s"]["off 2"]) == r["on"]["n"] >= 2
+        assert r["all_on"]["n"] == 2 * r["on"]["n"]
+    assert telemetry["record_us"] > 0 and 0 < telemetry["record_share_of_256"] < 1
+    assert "on/on 2 (noise)" in smoke[1] and "recording one request's metrics" in smoke[1]
+
+
 def test_bigimage_and_coldstart(smoke):
     result = smoke[0]
     cases = {c["op"]: c for c in result["sections"]["bigimage"]["cases"]}
