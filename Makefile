@@ -42,33 +42,30 @@ $(VENV)/.stamp-dev: pyproject.toml | $(VENV)/bin/python
 serve: $(VENV)/.stamp-serve
 	$(VENV)/bin/bentoml serve . --port $(PORT)
 
+# $(call apt_install,PACKAGE,WHAT SKIPS WITHOUT IT): apt-get install as root; without apt-get or root it
+# only says so, and a failed install never fails the build (the tests that need the package skip, saying why).
+define apt_install
+if ! command -v apt-get >/dev/null 2>&1; then \
+  echo "make $@: no apt-get here; install $(1) by hand, or $(2) skips"; \
+elif [ "$$(id -u)" != 0 ]; then \
+  echo "make $@: not root; run 'sudo apt-get install $(1)', or $(2) skips"; \
+else \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null) \
+    || echo "make $@: apt-get install $(1) failed; $(2) skips"; \
+fi
+endef
+
 # Debian's chromium for tests/test_ui.py (Playwright drives it; `playwright install` cannot
-# download browsers here). Without apt-get or root it only says so: that test then skips.
+# download browsers here).
 CHROMIUM ?= /usr/bin/chromium
 browser:
-	@if [ -x "$(CHROMIUM)" ]; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "make browser: no apt-get here; install chromium by hand, or tests/test_ui.py skips"; \
-	elif [ "$$(id -u)" != 0 ]; then \
-	  echo "make browser: not root; run 'sudo apt-get install chromium', or tests/test_ui.py skips"; \
-	else \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	    || echo "make browser: apt-get install chromium failed; tests/test_ui.py skips"; \
-	fi
+	@if [ -x "$(CHROMIUM)" ]; then :; else $(call apt_install,chromium,tests/test_ui.py); fi
 
 # Debian's prometheus (and promtool) for tests/test_metrics_scrape.py and tests/test_deploy.py's rule checks.
-# Without apt-get or root it only says so: those tests then skip, saying why. Never fails the build.
 PROMETHEUS ?= /usr/bin/prometheus
 prometheus:
 	@if [ -x "$(PROMETHEUS)" ] && command -v promtool >/dev/null 2>&1; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "make prometheus: no apt-get here; install prometheus by hand, or the scrape test skips"; \
-	elif [ "$$(id -u)" != 0 ]; then \
-	  echo "make prometheus: not root; run 'sudo apt-get install prometheus', or the scrape test skips"; \
-	else \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
-	    || echo "make prometheus: apt-get install prometheus failed; the scrape test skips"; \
-	fi
+	else $(call apt_install,prometheus,the scrape test); fi
 
 test: $(VENV)/.stamp-dev browser prometheus
 	$(PY) -m pytest
