@@ -43,6 +43,7 @@ from .handlers import Interpolation
 from .logs import use_log_format
 from .middleware import GanforgeMiddleware
 from .registry import ModelRegistry
+from .upstream import cancel_timeout_timers
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -50,6 +51,7 @@ logger = logging.getLogger("bentoml.ganforge")
 # environment when the module is imported, i.e. when `bentoml serve` starts.
 _BOOT = Settings.from_env()
 use_log_format(_BOOT.log_format)  # BentoML set up its log handlers before importing this module
+cancel_timeout_timers()  # before BentoML builds the app: no request outlives its answer (service/upstream.py)
 
 
 def _as_text(value: Any) -> Any:

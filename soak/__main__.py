@@ -12,7 +12,8 @@ directory; the folder itself is only read. Phases, each bounded in time:
    and serve the others;
 2. load: CLIENTS concurrent clients for DURATION seconds on every ready model
    and endpoint with the images in samples/; RSS of the server's process tree
-   after warm-up and at the end; half-way through, one model is re-published
+   after warm-up, every second, and at the end: its second half must be flat
+   (warm-up grows early, a leak goes on); a quarter in, one model is re-published
    (atomic folder swap, as `training export` does) and reloaded
    (POST /admin/reload + GANFORGE_RELOAD_POLL_S in every worker);
 3. worker kill: one of the two workers gets SIGKILL under load; the requests
@@ -43,19 +44,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="models folder (default: $GANFORGE_MODELS_DIR, else models/)")
     parser.add_argument("--fixtures", action="store_true", help="serve the tests' tiny fixture models instead")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of the load phase")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of the load phase")
     parser.add_argument("--kill-duration", type=float, default=30.0, help="seconds of the worker-kill phase")
     parser.add_argument("--burst", type=int, default=200, help="simultaneous requests of the overload phase")
     parser.add_argument("--max-concurrency", type=int, default=24, help="GANFORGE_MAX_CONCURRENCY of the server")
     parser.add_argument("--rss-margin", type=float, default=0.15,
                         help="allowed RSS growth over the load phase, as a fraction of the start")
+    parser.add_argument("--rss-flat", type=float, default=0.03,
+                        help="allowed RSS growth over the load phase's second half (median of its last 10%% "
+                             "against the median around its middle)")
     parser.add_argument("--out", type=Path, default=repo / "soak" / "results")
     args = parser.parse_args(argv)
     import os
     models = args.models or Path(os.environ.get("GANFORGE_MODELS_DIR") or repo / "models")
     cfg = SoakConfig(models=models.resolve(), fixtures=args.fixtures, clients=args.clients, duration_s=args.duration,
                      kill_duration_s=args.kill_duration, burst=args.burst, max_concurrency=args.max_concurrency,
-                     rss_margin=args.rss_margin, samples=repo / "samples", repo=repo)
+                     rss_margin=args.rss_margin, rss_flat=args.rss_flat, samples=repo / "samples", repo=repo)
     result = run_soak(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

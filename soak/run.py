@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class SoakConfig:
     rss_margin: float
     samples: Path
     repo: Path
+    rss_flat: float = 0.03  # allowed RSS growth over the second half of the load phase (a leak grows there)
 
 
 @dataclass
@@ -182,6 +184,52 @@ def tree_rss_mb(port: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return round(total / 2**20, 1)
+
+
+class RssSampler:
+    """The server tree's RSS every `interval` s in a thread: (t since t0, MiB) pairs, to tell warm-up
+    (growth that stops) from a leak (growth that goes on)."""
+
+    def __init__(self, port: int, t0: float, interval: float = 1.0):
+        self.port, self.t0, self.interval = port, t0, interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.perf_counter() - self.t0, tree_rss_mb(self.port)))
+            except (psutil.Error, RuntimeError):
+                pass  # a worker coming or going: the next sample
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rss_halves(samples: list[tuple[float, float]], start: float, end: float) -> dict[str, Any]:
+    """Median RSS around the middle of [start, end] (45-55%) and over its last 10%, and the growth between:
+    warm-up (arenas per input shape, caches) happens early; what still grows in the second half is a leak."""
+    span = end - start
+
+    def median_in(lo: float, hi: float) -> float | None:
+        vals = [mb for t, mb in samples if start + lo * span <= t <= start + hi * span]
+        if not vals and samples:  # a short run: the sample nearest the window
+            centre = start + (lo + hi) / 2 * span
+            vals = [min(samples, key=lambda s: abs(s[0] - centre))[1]]
+        return float(np.median(vals)) if vals else None
+
+    mid, last = median_in(0.45, 0.55), median_in(0.9, 1.0)
+    growth = (last - mid) / mid if mid and last else None
+    step = max(1, len(samples) // 40)  # the timeline, thinned to ~40 points for the report
+    return {"rss_mid_mb": mid, "rss_last_mb": last, "rss_second_half_growth": None if growth is None
+            else round(growth, 4), "rss_timeline": [[round(t - start, 1), mb] for t, mb in samples[::step]]}
 
 
 # ---------------------------------------------------------------- faults
@@ -383,22 +431,27 @@ def _load_phase(cfg: SoakConfig, live: _LiveServer, result: dict[str, Any], chec
 
     reload_info: dict[str, Any] = {}
     load_start = time.perf_counter() - t0
-    asyncio.run(load(base, requests, cfg.clients, cfg.duration_s, rec, t0,
-                     events=[(cfg.duration_s / 2, lambda: _reexport(live, reload_info))]))
+    # the re-publish comes a quarter in: the second half, whose RSS must be flat, is plain load
+    with RssSampler(port, t0) as sampler:
+        asyncio.run(load(base, requests, cfg.clients, cfg.duration_s, rec, t0,
+                         events=[(cfg.duration_s / 4, lambda: _reexport(live, reload_info))]))
     load_end = time.perf_counter() - t0
     rss_end = tree_rss_mb(port)
     load_summary = rec.summary(load_start, load_end)
     drift = (rss_end - rss_start) / rss_start
+    halves = rss_halves([*sampler.samples, (load_end, rss_end)], load_start, load_end)
     result["load"] = {"clients": cfg.clients, "duration_s": cfg.duration_s, "warmup_s": round(warm_end, 1),
                       **load_summary, "throughput_rps": round(load_summary["requests"] / cfg.duration_s, 2),
                       "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_drift": round(drift, 4),
-                      "rss_margin": cfg.rss_margin}
+                      "rss_margin": cfg.rss_margin, "rss_flat": cfg.rss_flat, **halves}
     result["reload_under_load"] = {"model": live.target, **reload_info,
                                    "requests_during_load_failed": load_summary["requests"]
                                    - load_summary["statuses"].get("200", 0)}
     checks["load_zero_5xx"] = load_summary["server_errors_5xx"] == 0 and load_summary["no_answer"] == 0
     checks["load_all_200"] = load_summary["statuses"].get("200", 0) == load_summary["requests"]
     checks["load_rss_within_margin"] = drift <= cfg.rss_margin
+    growth = halves["rss_second_half_growth"]
+    checks["load_rss_flat_second_half"] = growth is not None and growth <= cfg.rss_flat
     checks["reload_new_version_served"] = reload_info.get("versions_served_after") == [reload_info.get("new_version")]
 
 
@@ -495,7 +548,8 @@ def _summary(cfg: SoakConfig, result: dict[str, Any], source: str, recorded: int
     return {
         "models": source, "requests_sent": recorded + cfg.burst,
         "load": {k: load_[k] for k in ("requests", "statuses", "p50_ms", "p99_ms", "throughput_rps",
-                                       "rss_start_mb", "rss_end_mb", "rss_drift")},
+                                       "rss_start_mb", "rss_end_mb", "rss_drift", "rss_mid_mb", "rss_last_mb",
+                                       "rss_second_half_growth")},
         "reload_under_load": {k: result["reload_under_load"].get(k) for k in
                               ("model", "new_version", "versions_served_after", "requests_during_load_failed")},
         "worker_kill": {k: kill_info[k] for k in ("requests", "requests_lost", "recovered_after_s", "statuses")},
