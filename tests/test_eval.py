@@ -297,3 +297,15 @@ def test_data_config_defaults_only_for_models_without_a_training_run(tmp_path):
     assert ev.evaluator_for(card, {}) is ev.eval_upscale
     with pytest.raises(ev.EvalError, match="does not exist.*prepare photos"):
         ev.data_config(card, str(tmp_path / "nowhere"))
+
+
+def test_generate_figures_name_the_class_furthest_below_its_bar():
+    from training.sheets import generate_figures
+
+    h = {"class_match": 0.9, "frechet_distance": 3.0, "frechet_distance_real_train": 1.5,
+         "class_match_per_class": {"Shirt": 0.7, "Sandal": 0.8, "Bag": 1.0},
+         "classifier_real_per_class": {"Shirt": 0.68, "Sandal": 0.97, "Bag": 0.98}}
+    text = generate_figures(h)
+    assert text.startswith("90.0% class match; Frechet distance 3.0 (real-data floor 1.5)")
+    assert text.endswith("furthest class: Sandal 80% (real images 97%)")
+    assert "furthest" not in generate_figures({"class_match": 0.8})  # an older card: no per-class bar

@@ -219,9 +219,15 @@ def cycle_figures(h: dict[str, Any]) -> str:
 
 
 def generate_figures(h: dict[str, Any]) -> str:
-    return (f"{_fmt(100 * h.get('class_match', 0), '.1f')}% class match; Frechet distance "
+    text = (f"{_fmt(100 * h.get('class_match', 0), '.1f')}% class match; Frechet distance "
             f"{_fmt(h.get('frechet_distance'), '.1f')} (real-data floor "
             f"{_fmt(h.get('frechet_distance_real_train'), '.1f')})")
+    real, made = h.get("classifier_real_per_class") or {}, h.get("class_match_per_class") or {}
+    gaps = {name: real[name] - share for name, share in made.items() if name in real}
+    if gaps:  # the class furthest below the classifier's own accuracy on real images of it
+        worst = max(gaps, key=gaps.get)
+        text += f"; furthest class: {worst} {100 * made[worst]:.0f}% (real images {100 * real[worst]:.0f}%)"
+    return text
 
 
 # which headline figures a held-out block has -> how they read (the evaluators write these keys)
