@@ -48,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-duration", type=float, default=30.0, help="seconds of the worker-kill phase")
     parser.add_argument("--burst", type=int, default=200, help="simultaneous requests of the overload phase")
     parser.add_argument("--max-concurrency", type=int, default=24, help="GANFORGE_MAX_CONCURRENCY of the server")
-    parser.add_argument("--rss-margin", type=float, default=0.15,
-                        help="allowed RSS growth over the load phase, as a fraction of the start")
     parser.add_argument("--rss-flat", type=float, default=0.03,
                         help="allowed RSS growth over the load phase's second half (median of its last 10%% "
                              "against the median around its middle)")
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models or Path(os.environ.get("GANFORGE_MODELS_DIR") or repo / "models")
     cfg = SoakConfig(models=models.resolve(), fixtures=args.fixtures, clients=args.clients, duration_s=args.duration,
                      kill_duration_s=args.kill_duration, burst=args.burst, max_concurrency=args.max_concurrency,
-                     rss_margin=args.rss_margin, rss_flat=args.rss_flat, samples=repo / "samples", repo=repo)
+                     rss_flat=args.rss_flat, samples=repo / "samples", repo=repo)
     result = run_soak(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
