@@ -192,20 +192,14 @@ async def run_watched(app, scope, body: bytes, receive, send: "ErrorBodySend",
             telemetry.client_left()
         gone.set()
 
-    sent = False
-
-    async def app_receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def until_gone() -> dict:
         await gone.wait()
         return {"type": "http.disconnect"}
 
     watcher = asyncio.ensure_future(watch())
     try:
         with deadline.bound(token):
-            await app(scope, app_receive, send)
+            await app(scope, replay(body, until_gone), send)
     finally:
         watcher.cancel()  # not awaited: this task may itself be being cancelled (BentoML's timeout)
 
