@@ -6,7 +6,7 @@ alternating rounds:
 
   ort fp32   onnxruntime CPU, the service's session options (GANFORGE_BACKEND=onnxruntime)
   ort int8   the card's variants.int8 graph on onnxruntime (where the card has one)
-  ov fp32    OpenVINO CPU, INFERENCE_PRECISION_HINT f32 (`service.backends.make_openvino_session`)
+  ov fp32    OpenVINO CPU, INFERENCE_PRECISION_HINT f32 (`core.backends.make_openvino_session`)
   ov bf16    OpenVINO CPU, bf16 (with `bf16_tail`: what GANFORGE_PRECISION=auto serves where the gate passed)
   ov int8    the same int8 QDQ graph compiled by OpenVINO (what GANFORGE_PRECISION=int8 serves on OpenVINO)
 
@@ -46,15 +46,15 @@ def matmul_graph(n: int) -> bytes:
 
 def matmul_peaks(n: int, rounds: int) -> dict[str, Any]:
     """GFLOP/s of an n^3 matmul: numpy sgemm, onnxruntime f32, OpenVINO f32 and bf16, interleaved."""
-    from service.backends import make_openvino_session
+    from core.backends import make_openvino_session
     from service.config import Settings
-    from service.runtime import make_session, session_options
+    from core.runtime import make_session, session_options
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     graph = matmul_graph(n)
-    ort = make_session(graph, session_options(Settings.from_env()))
+    ort = make_session(graph, session_options(Settings.from_env().ort_threads))
     ov32, ov16 = make_openvino_session(graph, "fp32"), make_openvino_session(graph, "bf16")
     feeds = {"x": a}
     samples = interleaved({"numpy fp32": lambda: a @ b, "ort fp32": lambda: ort.run(None, feeds),
@@ -74,11 +74,11 @@ def int8_path(model: BenchModel, role: str):
 
 def contenders_for(model: BenchModel, role: str) -> dict[str, Any]:
     """The sessions of one graph: the service's factories, every contender the card allows."""
-    from service.backends import make_openvino_session
+    from core.backends import make_openvino_session
     from service.config import Settings
-    from service.runtime import make_session, session_options
+    from core.runtime import make_session, session_options
 
-    options = session_options(Settings.from_env())
+    options = session_options(Settings.from_env().ort_threads)
     data = model.onnx_path(role).read_bytes()
     out = {"ort fp32": make_session(data, options), "ov fp32": make_openvino_session(data, "fp32"),
            "ov bf16": make_openvino_session(data, "bf16")}
@@ -121,7 +121,8 @@ def measure(model: BenchModel, case, net, profile: Profile, log: Callable) -> di
 
 
 def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
-    from service.backends import native_bf16, openvino_version, reported_flags
+    from core.backends import native_bf16, openvino_version
+    from core.cpu import reported_flags
 
     n = max(256, profile.peak_n // 2)
     log(f"  matmul peaks ({n}^3: numpy, onnxruntime, OpenVINO f32 / bf16) ...")

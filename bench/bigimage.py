@@ -2,9 +2,9 @@
 
 Each configuration runs in a fresh subprocess (`python -m bench.bigimage
 --worker SPEC`) that loads the one model with the service's loader
-(`service.loading.load_model`, CPU, GANFORGE_TILE overridden through
+(`core.loading.load_model`, CPU, GANFORGE_TILE overridden through
 `Settings.tile`), builds the input pixels, resets the kernel's peak-RSS mark
-(/proc/self/clear_refs) and calls `service.inference.upscale_image` or
+(/proc/self/clear_refs) and calls `core.pipelines.upscale_image` or
 `translate_image` once: no decode or encode, the model and tiling alone.
 Reported: wall time, peak RSS, and the growth over the RSS just before the
 call (the input pixels and the loaded model are in the baseline).
@@ -58,12 +58,12 @@ def plans(models: BenchModels, quick: bool) -> list[dict[str, Any]]:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In the subprocess: load the model, run the pipeline once, measure."""
-    from service import inference
+    from core import pipelines as inference
+    from core.imaging import DecodedImage
+    from core.loading import load_model
+    from core.runtime import CPU
+    from core.tiling import tile_starts
     from service.config import Settings
-    from service.imaging import DecodedImage
-    from service.loading import load_model
-    from service.runtime import CPU
-    from service.tiling import tile_starts
 
     settings = dataclasses.replace(Settings.from_env(), device="cpu", tile=int(spec["tile"]), batch_max=1)
     model = load_model(Path(spec["folder"]), settings, [CPU])

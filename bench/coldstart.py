@@ -36,7 +36,7 @@ def timed_server(models_dir: Path, tmp: Path, **env_overrides: str):
     """`bentoml serve` on a free port; yields (base_url, seconds from spawn to /readyz 200)."""
     import httpx
 
-    from service.launcher import BENTOML, free_port, stop_process_group
+    from testkit.launcher import BENTOML, free_port, stop_process_group
 
     port = free_port()
     env = {**os.environ, "GANFORGE_MODELS_DIR": str(models_dir), "BENTOML_HOME": str(tmp / f"home-{port}"),

@@ -103,17 +103,14 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def cpu_info() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    flags_line = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
-    cores = {(m.group(1), m.group(2)) for m in re.finditer(r"physical id\s*:\s*(\d+).*?core id\s*:\s*(\d+)",
-                                                          text, re.S)}
+    from core.cpu import cpu_flags, cpu_model, physical_core_ids
+
+    flags = cpu_flags()
     return {
-        "model": model.group(1).strip() if model else platform.processor(),
+        "model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "physical_cores": physical_cores(),
-        "physical_cores_cpuinfo": len(cores) or None,
+        "physical_cores_cpuinfo": physical_core_ids(),
         "flags": {f: f in flags for f in CPU_FLAGS},
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }

@@ -127,14 +127,14 @@ def cases_for(model: BenchModel, quick: bool, rng: np.random.Generator) -> list[
 
 
 def ort_session(model: BenchModel, role: str, threads: int):
-    """A CPU session with the service's own options (service.runtime.session_options)."""
+    """A CPU session with the service's own options (core.runtime.session_options)."""
     import onnxruntime as ort
 
     from service.config import Settings
-    from service.runtime import session_options
+    from core.runtime import session_options
 
     settings = Settings.from_env()
-    options = session_options(settings)
+    options = session_options(settings.ort_threads)
     return ort.InferenceSession(model.onnx_path(role).read_bytes(), options, providers=["CPUExecutionProvider"])
 
 

@@ -65,7 +65,7 @@ def _check(base: str, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from service.runtime import nvidia_gpu
+    from core.runtime import nvidia_gpu
 
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=REPO / "models")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not usable:
         print(f"gpu-check: no GPU here ({why}); nothing to check")
         return 0
-    from service.launcher import running_server
+    from testkit.launcher import running_server
 
     env = {"GANFORGE_DEVICE": "cuda", "GANFORGE_PRECISION": "fp16", "GANFORGE_THREADS": "16"}
     with tempfile.TemporaryDirectory() as tmp, running_server(args.models, Path(tmp), **env) as (base, log):

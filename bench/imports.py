@@ -13,7 +13,7 @@ models folder, then timed on onnxruntime CPU. Per row:
   onnxruntime CPU session with the service's options (all cores, ORT_ENABLE_ALL), each run after a short
   pause (common.SETTLE_S); the load average at start and end is in the JSON's machine block;
 - http_psnr_db (unless --no-http): once every row is imported, ONE real server (`bentoml serve`, default
-  env, service.launcher.running_server) serves the whole models folder; each model gets a real photo crop
+  env, testkit.launcher.running_server) serves the whole models folder; each model gets a real photo crop
   (samples/wood-128.png through /upscale, whole when it fits the card's tile; samples/flower-256.jpg,
   sized as the card allows, through /translate direction a2b), sent as PNG; the PNG answer is compared
   with the torch module's output on the same pixels mapped as the service maps them (imaging.to_float /
@@ -143,10 +143,9 @@ ARCHS: dict[str, tuple[str, str, Callable[[], Any], str]] = {
 def time_session(path: Path, size: int, runs: int) -> tuple[float, float]:
     """Median and min ms of one 1x3xSxS input through an onnxruntime CPU session with the service's options
     (the min: the figure least disturbed by other processes on a shared machine)."""
-    from service.config import Settings
-    from service.runtime import make_session, session_options
+    from core.runtime import make_session, session_options
 
-    session = make_session(path, session_options(Settings(device="cpu")))
+    session = make_session(path, session_options())
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, size, size)).astype(np.float32)
     name = session.get_inputs()[0].name
     session.run(None, {name: x})  # warm-up: allocations, kernel choice
@@ -214,7 +213,7 @@ def photo_for(card: Any) -> tuple[str, np.ndarray]:
     the translate photo at a size the card allows (its native size, else 256 to its multiple/min size)."""
     from PIL import Image
 
-    from service.imaging import padded_size
+    from core.imaging import padded_size
 
     repo = Path(__file__).resolve().parent.parent
     endpoint = card.endpoint
@@ -238,7 +237,7 @@ def torch_pixels(net: Any, card: Any, pixels: np.ndarray) -> np.ndarray:
     multiple/min size, run, crop to H*s x W*s, to_pixels."""
     import torch
 
-    from service.imaging import pad_to, to_float, to_pixels
+    from core.imaging import pad_to, to_float, to_pixels
 
     scale = card.output.scale or 1
     x = pad_to(to_float(pixels, tuple(card.input.range))[None], card.input.multiple_of, card.input.min_size)
@@ -255,7 +254,7 @@ def http_check(models: Path, tmp: Path, kept: dict[str, Any], rows: list[dict[st
     import httpx
     from PIL import Image
 
-    from service.launcher import running_server
+    from testkit.launcher import running_server
 
     by_key = {r["arch"]: r for r in rows}
     t0 = time.perf_counter()

@@ -99,8 +99,8 @@ def session(path: Path):
     import onnxruntime as ort
 
     from service.config import Settings
-    from service.runtime import session_options
-    return ort.InferenceSession(path.read_bytes(), session_options(Settings.from_env()),
+    from core.runtime import session_options
+    return ort.InferenceSession(path.read_bytes(), session_options(Settings.from_env().ort_threads),
                                 providers=["CPUExecutionProvider"])
 
 

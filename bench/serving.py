@@ -1,6 +1,6 @@
 """Serving overhead: a real `bentoml serve` against the bare onnxruntime session, side by side.
 
-Three servers run at once on the bench models (service/launcher.running_server,
+Three servers run at once on the bench models (testkit/launcher.running_server,
 GANFORGE_DEVICE=cpu), each configured one way:
 
   default   (nothing set)            the shipped settings: GANFORGE_THREADS=4 (concurrent requests
@@ -70,8 +70,8 @@ class Workload:
 def _image_feeds(card: dict, pixels: np.ndarray) -> Callable[[int], dict[str, np.ndarray]]:
     """The graph input the pipeline builds from these pixels (channels, range, native size, padding)."""
     from contract import Card
-    from service import imaging
-    from service.loading import image_spec
+    from core import imaging
+    from core.loading import image_spec
 
     spec = image_spec(Card.from_dict(card), 0, -1)
     px = imaging.to_channels(pixels, spec.in_channels)
@@ -105,7 +105,7 @@ def workloads(models: BenchModels, quick: bool, tmp: Path) -> list[Workload]:
     def image_workload(model, label: str, size: int, path: str, throughput: bool, extra: dict):
         pixels = photo_like(size, size, seed=size)
         if model.card["input"]["channels"] == 1:
-            from service import imaging
+            from core import imaging
             pixels = imaging.luminance(pixels)
         data = png_bytes(pixels)
         file = tmp / f"{model.name}-{size}.png"
@@ -278,7 +278,7 @@ def start_all(stack: contextlib.ExitStack, servers: dict[str, Any]) -> dict[str,
 
 def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
     from service.config import Settings
-    from service.launcher import running_server
+    from testkit.launcher import running_server
     from service.registry import ModelRegistry
 
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-serving-") as tmp_name, contextlib.ExitStack() as stack:

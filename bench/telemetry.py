@@ -80,7 +80,7 @@ def record_cost_in_worker_mode(n: int) -> float:
 
 
 def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
-    from service.launcher import running_server
+    from testkit.launcher import running_server
 
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-telemetry-") as tmp_name, \
             contextlib.ExitStack() as stack:

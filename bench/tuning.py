@@ -1,6 +1,6 @@
 """onnxruntime session settings, measured: the service's own options against one change at a time.
 
-The service builds every CPU session with `service.runtime.session_options`:
+The service builds every CPU session with `core.runtime.session_options`:
 graph optimisation ORT_ENABLE_ALL (which on x86 includes the NCHWc layout
 transform), one intra-op thread per physical core, one inter-op thread,
 spinning worker threads, the CPU memory arena and memory patterns on. This
@@ -65,9 +65,9 @@ def session(path, variant: str):
     import onnxruntime as ort
 
     from service.config import Settings
-    from service.runtime import session_options
+    from core.runtime import session_options
 
-    options = session_options(Settings.from_env())
+    options = session_options(Settings.from_env().ort_threads)
     change = VARIANTS[variant]
     if change is not None:
         change(options, ort)

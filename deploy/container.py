@@ -158,9 +158,9 @@ def choose_base(engine: str, base_image: str | None) -> str | None:
 
 
 def stage_context(ctx: Path, variant: str, models: Path, base: str | None) -> Path:
-    """A build context holding what the Bento packs: service/, contract/, models/, the bentofile and its setup
+    """A build context holding what the Bento packs: service/, core/, contract/, models/, the bentofile and its setup
     script."""
-    for package in ("service", "contract"):
+    for package in ("service", "contract", "core"):
         shutil.copytree(REPO / package, ctx / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (ctx / "models").mkdir()
     if models.is_dir():

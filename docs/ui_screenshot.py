@@ -1,6 +1,6 @@
 """Take docs/ui.png, the README's picture of the demo page, from the shipped models.
 
-Starts a real `bentoml serve` on --models (service.launcher.running_server),
+Starts a real `bentoml serve` on --models (testkit.launcher.running_server),
 opens /ui in Debian's headless chromium through Playwright (the browser and
 launch arguments of tests/test_ui.py), and works the page's own controls: the
 translate endpoint, the `colorize` model, the grayscale photo
@@ -33,7 +33,7 @@ from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
-from service.launcher import running_server
+from testkit.launcher import running_server
 
 CHROMIUM = Path(os.environ.get("GANFORGE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [  # as tests/test_ui.py

@@ -29,11 +29,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from core.imaging import padded_size
+from core.loading import ImageSpec, ServedModel
+from core.tiling import tile_grid
+
 from .deadline import CANCELLED, RequestToken
 from .errors import ApiError, too_large
-from .imaging import padded_size
-from .loading import ImageSpec, ServedModel
-from .tiling import tile_grid
 
 logger = logging.getLogger("bentoml.ganforge")
 

@@ -31,12 +31,15 @@ import numpy as np
 from pydantic import BaseModel
 
 from contract import DIRECTION_ROLES
+from core import imaging as core_imaging
+from core.imaging import DecodedImage
+from core.loading import ServedModel
+from core.pipelines import slerp
 
 from . import deadline, imaging, inference, telemetry
 from .admission import BOOK
 from .config import Settings
 from .errors import bad_request, shown, unprocessable
-from .loading import ServedModel
 from .registry import ModelRegistry
 
 MAX_SEED = 2**63 - 1
@@ -70,12 +73,12 @@ def _encode_timed(served: ServedModel, started: float, out_pixels: int, pixels: 
 def _encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
     """The answer's image bytes; the request's encode stage, and its output size."""
     with telemetry.stage("encode"):
-        body = imaging.encode_image(pixels, alpha, fmt, quality)
+        body = core_imaging.encode_image(pixels, alpha, fmt, quality)
     telemetry.images(output_pixels=pixels.shape[0] * pixels.shape[1])
     return body
 
 
-def _decode(path: Path | None, settings: Settings) -> imaging.DecodedImage:
+def _decode(path: Path | None, settings: Settings) -> DecodedImage:
     """The upload, read and decoded (pixel limit from its header first): the request's decode stage."""
     with telemetry.stage("decode"):
         decoded = imaging.decode_image(_read_upload(path), settings.max_input_pixels)
@@ -151,7 +154,7 @@ def generate(
         rng_a = np.random.default_rng(a)
         z_a = rng_a.standard_normal((1, spec.latent_dim), dtype=np.float32)[0]
         z_b = np.random.default_rng(b).standard_normal((1, spec.latent_dim), dtype=np.float32)[0]
-        z = inference.slerp(z_a, z_b, interpolate.steps)
+        z = slerp(z_a, z_b, interpolate.steps)
         if label_index is None and spec.classes:
             label_index = int(rng_a.integers(0, len(spec.classes)))
         columns = interpolate.steps
@@ -191,12 +194,12 @@ def generate(
         imaging.check_pixels(w * cols, h * math.ceil(count / cols), settings.max_output_pixels, "the output")
     with telemetry.stage("compute"):
         images = inference.generate_images(served, z, labels)
-    grid = images[0] if count == 1 else imaging.make_grid(images, columns)
+    grid = images[0] if count == 1 else core_imaging.make_grid(images, columns)
     if labels is not None:
         headers["X-Labels"] = ",".join(str(int(v)) for v in labels)
     headers["X-Model"] = served.name
     body = _encode(grid, None, fmt, quality)
-    return ImageResult(body, imaging.media_type(fmt), headers)
+    return ImageResult(body, core_imaging.media_type(fmt), headers)
 
 
 def translate(
@@ -228,7 +231,7 @@ def translate(
     with telemetry.stage("compute"):
         pixels, alpha = inference.translate_image(served, decoded, role)
     body = _encode_timed(served, started, pixels.shape[0] * pixels.shape[1], pixels, alpha, fmt, quality)
-    return ImageResult(body, imaging.media_type(fmt), {"X-Model": served.name})
+    return ImageResult(body, core_imaging.media_type(fmt), {"X-Model": served.name})
 
 
 def upscale(
@@ -257,5 +260,5 @@ def upscale(
         pixels, alpha = inference.upscale_image(served, decoded, scale)
     native_pixels = decoded.width * decoded.height * native ** 2
     body = _encode_timed(served, started, native_pixels, pixels, alpha, fmt, quality)
-    return ImageResult(body, imaging.media_type(fmt), {"X-Model": served.name})
+    return ImageResult(body, core_imaging.media_type(fmt), {"X-Model": served.name})
 

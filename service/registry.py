@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from contract.folder import NAME_RE
+from core.loading import ServedModel
+from core.runtime import CPU, resolve_providers
 
 from . import telemetry
 from .config import Settings
 from .errors import ApiError, not_found, shown, unprocessable
-from .loading import ServedModel, load_model
-from .runtime import CPU, resolve_providers
+from .loading import load_served
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -68,7 +69,7 @@ def _stat_key(path: Path) -> tuple[int, int, int]:
 def _load(folder: Path, settings: Settings, providers: list, fingerprint: tuple | None = None) -> ServedModel:
     """load_model, with the folder's fingerprint from before the read: a change during the read shows next time."""
     fingerprint = folder_fingerprint(folder) if fingerprint is None else fingerprint
-    model = load_model(folder, settings, providers)
+    model = load_served(folder, settings, providers)
     model.fingerprint = fingerprint
     if settings.metrics:
         telemetry.model_loaded(model.name, model.ready)

@@ -34,7 +34,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import handlers, imaging, inference, telemetry, ui
+from core import imaging as core_imaging
+
+from . import handlers, inference, telemetry, ui
 from .admission import BOOK
 from .config import Settings, backstop_timeout
 from .deadline import RequestCancelled
@@ -115,7 +117,7 @@ class Ganforge:
 
     def __init__(self) -> None:
         self.settings = Settings.from_env()
-        imaging.configure_pillow(self.settings.max_input_pixels)
+        core_imaging.configure_pillow(self.settings.max_input_pixels)
         self.registry = ModelRegistry.load(self.settings)
         ready = sum(m.ready for m in self.registry.models.values())
         logger.info("ganforge: %d model(s), %d ready, device %s, models dir %s",

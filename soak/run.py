@@ -21,7 +21,7 @@ import psutil
 from PIL import Image
 
 from contract.folder import read_card, staged_version, utc_now, utc_stamp, write_card_durably
-from service.launcher import running_server
+from testkit.launcher import running_server
 
 
 @dataclass
@@ -313,10 +313,10 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
 
 def _prepare_models(cfg: SoakConfig, dst: Path) -> str:
     if cfg.fixtures:
-        from training.fixtures import write_fixture_models  # needs onnx, as --fixtures says
+        from testkit.fixtures import write_fixture_models  # needs onnx, as --fixtures says
 
         write_fixture_models(dst)
-        return "training/fixtures.py (tiny fixture models)"
+        return "testkit/fixtures.py (tiny fixture models)"
     if not cfg.models.is_dir() or not [f for f in cfg.models.iterdir() if f.is_dir() and not f.name.startswith(".")]:
         raise SystemExit(f"no model folders in {cfg.models}: export some, set GANFORGE_MODELS_DIR, or use --fixtures")
     shutil.copytree(cfg.models, dst, ignore=shutil.ignore_patterns(".*"))

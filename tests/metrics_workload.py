@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.tiling import tile_grid
+from core.tiling import tile_grid
 from service_fixtures import encode, synthetic_photo, write_fixture_models
 
 BROKEN = "broken-x4"  # a model folder whose card cannot be read: unavailable, 503 when asked for

@@ -1,8 +1,8 @@
 """Helpers for the service tests.
 
 The tiny but real ONNX fixture models (`write_fixture_models` and the graph
-builders) live in training/fixtures.py, the real `bentoml serve` launcher
-(`running_server`, `free_port`, `stop_process_group`) in service/launcher.py,
+builders) live in testkit/fixtures.py, the real `bentoml serve` launcher
+(`running_server`, `free_port`, `stop_process_group`) in testkit/launcher.py,
 so bench/ and soak/ can use them too; both are re-exported here.
 
 Also: small helpers that craft image bytes for the bad-input tests, and
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.launcher import (  # noqa: F401  (re-exported for the tests)
+from testkit.launcher import (  # noqa: F401  (re-exported for the tests)
     BENTOML,
     REPO,
     STARTUP_TIMEOUT_S,
@@ -26,7 +26,7 @@ from service.launcher import (  # noqa: F401  (re-exported for the tests)
     running_server,
     stop_process_group,
 )
-from training.fixtures import (  # noqa: F401  (re-exported: test_reliability builds its own cards)
+from testkit.fixtures import (  # noqa: F401  (re-exported: test_reliability builds its own cards)
     FASHION_MNIST_CLASSES,
     IR_VERSION,
     OPSET,

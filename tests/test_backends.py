@@ -1,4 +1,4 @@
-"""OpenVINO beside onnxruntime (service/backends.py): the backend and precision choices, OpenVINO's outputs
+"""OpenVINO beside onnxruntime (core/backends.py): the backend and precision choices, OpenVINO's outputs
 against onnxruntime's, bf16 within its card gate (training/bf16.py), concurrent callers, and a CPU-only start
 without onnxruntime's CUDA error lines (service/runtime.py)."""
 
@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from service import backends
-from service.backends import (OPENVINO, OPENVINO_CPU, ONNXRUNTIME, bf16_support, choose_backend,
+from core import backends
+from core.backends import (OPENVINO, OPENVINO_CPU, ONNXRUNTIME, bf16_support, choose_backend,
                               choose_float_precision, gate_result, make_openvino_session)
 from service.config import Settings, SettingsError
 from service.registry import ModelRegistry
-from service.runtime import CPU, CUDA, make_session, nvidia_gpu, resolve_providers
+from core.runtime import CPU, CUDA, make_session, nvidia_gpu, resolve_providers
 from service_fixtures import running_server, write_fixture_models
 
 NATIVE_BF16 = backends.native_bf16()[0]
@@ -132,7 +132,7 @@ def test_auto_serves_openvino_on_this_cpu_and_onnxruntime_when_forced(fixture_mo
 
 
 def test_a_graph_openvino_cannot_compile_runs_on_onnxruntime(fixture_models, tmp_path, monkeypatch):
-    import service.loading as loading
+    import core.loading as loading
 
     def refuse(*args, **kwargs):
         raise RuntimeError("unsupported op")

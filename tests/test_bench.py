@@ -141,9 +141,9 @@ def test_prints_tables_and_writes_the_plot(smoke):
 def test_gpu_check_says_there_is_no_gpu_and_exits_0(capsys, monkeypatch):
     """`make gpu-check` elsewhere than on a GPU machine: one line saying why, exit 0, no server started."""
     from bench import gpu_check
-    from service import launcher
+    from testkit import launcher
 
-    monkeypatch.setattr("service.runtime.nvidia_gpu", lambda: (False, "no NVIDIA driver (test)"))
+    monkeypatch.setattr("core.runtime.nvidia_gpu", lambda: (False, "no NVIDIA driver (test)"))
     monkeypatch.setattr(launcher, "running_server", None)  # must not be reached
     assert gpu_check.main([]) == 0
     assert capsys.readouterr().out.strip() == "gpu-check: no GPU here (no NVIDIA driver (test)); nothing to check"

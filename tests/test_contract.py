@@ -188,7 +188,7 @@ def test_the_service_refuses_a_card_that_breaks_the_contract_naming_the_field(tm
     """Service load: the model with the bad card is unavailable with the contract's message; the rest serve."""
     from service.config import Settings
     from service.registry import ModelRegistry
-    from training.fixtures import write_fixture_models
+    from testkit.fixtures import write_fixture_models
 
     folders = write_fixture_models(tmp_path / "models")
     data = json.loads((folders["edges2color"] / "card.json").read_text())
@@ -208,7 +208,7 @@ def test_the_endpoint_default_comes_from_the_cards(tmp_path):
     from service.config import Settings
     from service.errors import ApiError
     from service.registry import ModelRegistry
-    from training.fixtures import write_fixture_models
+    from testkit.fixtures import write_fixture_models
 
     root = tmp_path / "models"
     folders = write_fixture_models(root)

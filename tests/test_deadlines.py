@@ -28,8 +28,8 @@ from service import deadline as deadline_mod
 from service.admission import ADMIT_SHARE, ADVISE_SHARE, Rate, SpeedBook, processed_pixels
 from service.deadline import RequestCancelled, RequestToken
 from service.errors import ApiError
-from service.loading import ImageSpec, ServedModel
-from service.tiling import tile_and_blend, tile_grid
+from core.loading import ImageSpec, ServedModel
+from core.tiling import tile_and_blend, tile_grid
 from service_fixtures import (IR_VERSION, OPSET, encode, fixture_card, image_graph, running_server,
                               service_client, synthetic_photo, write_fixture_models, write_onnx)
 from contract.folder import write_card

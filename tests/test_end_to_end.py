@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from service_fixtures import service_client, synthetic_photo
-from tiny_configs import tiny_raw
+from testkit.tiny import tiny_raw
 from training import checkpoint as ckpt
 from training import export as ex
 from training.config import load_config

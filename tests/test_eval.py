@@ -16,11 +16,12 @@ from onnx import TensorProto, helper
 
 from contract import Tiling
 from contract.folder import read_card, verify_model_dir, write_card
-from service import imaging, inference
-from service.loading import ImageSpec, ServedModel
-from service.runtime import make_session
-from service.tiling import tile_and_blend
-from tiny_configs import export_tiny_models
+from core import imaging
+from core import pipelines as inference
+from core.loading import ImageSpec, ServedModel
+from core.runtime import make_session
+from core.tiling import tile_and_blend
+from testkit.tiny import export_tiny_models
 from training import checkpoint as ckpt
 from training import evaluate as ev
 from training.data import FASHION_MNIST_CLASSES
@@ -284,7 +285,7 @@ def test_sample_sheets_and_metrics_table(models, tiny_datasets, classifier_cache
 def test_data_config_defaults_only_for_models_without_a_training_run(tmp_path):
     """A card with a training block but no data section stays an error; a card without one (imported) gets the
     held-out photos by endpoint (tests/test_import_eval.py measures such models)."""
-    from training.fixtures import write_fixture_models
+    from testkit.fixtures import write_fixture_models
 
     folders = write_fixture_models(tmp_path / "models")
     card = read_card(folders["srresnet-x4"])

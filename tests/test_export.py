@@ -12,7 +12,7 @@ import torch
 
 from contract import folder as cf
 from contract.folder import ModelDirError, sha256_file, verify_model_dir
-from tiny_configs import drift_onnxruntime, tiny_raw
+from testkit.tiny import drift_onnxruntime, tiny_raw
 from training import checkpoint as ckpt
 from training import export as ex
 from training.config import load_config
@@ -337,8 +337,8 @@ def test_cli_errors_and_dispatch(tiny_ckpts, published, tmp_path, capsys):
 def test_service_reads_every_exported_card(published):
     """The other side of the contract: service/loading.py loads each folder as ready, sha256 checked."""
     from service.config import Settings
-    from service.loading import load_model
-    from service.runtime import resolve_providers
+    from core.loading import load_model
+    from core.runtime import resolve_providers
 
     settings = Settings(models_dir=next(iter(published.values())).parent, device="cpu")
     providers = resolve_providers(settings)

@@ -15,9 +15,9 @@ from PIL import Image
 from torch import nn
 
 from contract.folder import sha256_file, verify_model_dir
-from service.imaging import to_float, to_pixels
+from core.imaging import to_float, to_pixels
 from service_fixtures import running_server, service_client
-from tiny_configs import drift_onnxruntime
+from testkit.tiny import drift_onnxruntime
 from training.__main__ import main as cli
 
 REPO = Path(__file__).resolve().parents[1]

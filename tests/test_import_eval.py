@@ -14,7 +14,7 @@ from contract import Provenance, SourceFile
 from contract.folder import verify_model_dir, write_card
 from training import evaluate as ev
 from training import eval_cli
-from training.fixtures import fixture_card, image_graph, write_onnx
+from testkit.fixtures import fixture_card, image_graph, write_onnx
 
 ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" / "sr"
 
@@ -213,7 +213,7 @@ def junyanz_resnet_file(path: Path, seed: int, channels: int = 1, ngf: int = 4, 
 
 
 def srgan_rrdb_raw(tiny_datasets, file: Path | None, n_blocks: int = 1, scale: int = 4, **top) -> dict:
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
 
     raw = tiny_raw("srgan", tiny_datasets)
     raw["model"]["generator"] = {"arch": "rrdb", "nf": 8, "n_blocks": n_blocks, "gc": 32, "scale": scale}
@@ -288,7 +288,7 @@ def test_init_from_through_loss_init_from_and_other_layouts(tiny_datasets, tmp_p
 
 
 def test_init_from_refuses_what_does_not_fit(tiny_datasets, tmp_path):
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
 
     from training.recipes.init_from import InitFromError
 
@@ -322,7 +322,7 @@ def test_init_from_refuses_what_does_not_fit(tiny_datasets, tmp_path):
 def test_init_from_junyanz_cyclegan_pair_trains(tiny_datasets, tmp_path):
     """Two junyanz files, given B first: G_A and G_B by their names; stray InstanceNorm statistics dropped."""
     import torch
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
 
     from training import checkpoint as ckpt
     from training.config import load_config
@@ -349,7 +349,7 @@ def test_init_from_junyanz_cyclegan_pair_trains(tiny_datasets, tmp_path):
 
 def test_init_from_junyanz_unet_for_pix2pix(tiny_datasets, tmp_path):
     import torch
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
 
     from training.networks.pix2pix import UNetConfig, UNetGenerator
 

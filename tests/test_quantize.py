@@ -15,7 +15,7 @@ from contract.folder import verify_model_dir
 from service.config import Settings, SettingsError
 from service.registry import ModelRegistry
 from service_fixtures import encode, service_client, synthetic_photo, write_fixture_models
-from tiny_configs import export_tiny_models
+from testkit.tiny import export_tiny_models
 from training import quantize as q
 from training.metrics import PSNR_CAP
 
@@ -216,8 +216,8 @@ def test_each_variant_runs_only_on_its_provider():
     from types import SimpleNamespace
 
     from contract import FileEntry, Variant
-    from service.loading import variant_files
-    from service.runtime import CPU, CUDA
+    from core.loading import variant_files
+    from core.runtime import CPU, CUDA
 
     import hashlib
     sha = lambda path: hashlib.sha256(path.encode()).hexdigest()  # noqa: E731

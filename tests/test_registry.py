@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from service_fixtures import encode, service_client, synthetic_photo
-from tiny_configs import TRAIN
+from testkit.tiny import TRAIN, tiny_config
 from training import checkpoint as ckpt
 from training.config import load_config
 from training.export import export_checkpoint
@@ -34,7 +34,7 @@ def quiet(*args, **kwargs) -> None:
 def served_models(tiny_datasets, tmp_path_factory) -> Path:
     runs, out = tmp_path_factory.mktemp("registry-runs"), tmp_path_factory.mktemp("registry-models")
     for name, family, model in CASES:
-        raw = get_family(family).tiny_config(tiny_datasets)
+        raw = tiny_config(family, tiny_datasets)
         raw["model"].update(model)
         raw["train"] = {**TRAIN, "steps": 2, "ckpt_every": 2, "sample_every": 2}
         run = train(load_config(None, raw=raw), out_dir=runs / name, log=quiet)
@@ -47,7 +47,7 @@ def test_every_family_entry_resolves():
         recipe = family.recipe_class()
         assert recipe.family == name and recipe.endpoint == family.endpoint
         assert callable(family.evaluator()) and callable(family.sheet_maker())
-        cfg = load_config(None, raw={**family.tiny_config({"fashion": "f", "photos": "p"}), "train": TRAIN})
+        cfg = load_config(None, raw={**tiny_config(name, {"fashion": "f", "photos": "p"}), "train": TRAIN})
         assert cfg.family == name
     with pytest.raises(ValueError, match="unknown family 'nope'.*srgan"):
         get_family("nope")

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from contract.folder import read_card, write_card_durably
-from service import imaging
+from core import imaging
 from service.batching import SessionBatcher
 from service_fixtures import (REPO, encode, service_client, synthetic_photo, write_onnx,
                               upscale_x4_model, write_fixture_models)
@@ -252,7 +252,7 @@ def test_strict_readiness_is_ready_when_all_models_are(models):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tiny_datasets, tmp_path_factory):
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
     from training import checkpoint as ckpt
     from training.config import load_config
     from training.train import train
@@ -428,7 +428,7 @@ def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(tiny_datasets, t
     the checkpoint after 4 good steps is the newest, and nothing of the bad step was saved."""
     import torch
 
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
     from training import checkpoint as ckpt
     from training.config import load_config
     from training.recipes.base import Recipe, TrainingDiverged
@@ -466,7 +466,7 @@ def test_sigkill_at_random_steps_resumes_from_the_last_good_checkpoint(tiny_data
     import torch
     import yaml
 
-    from tiny_configs import tiny_raw
+    from testkit.tiny import tiny_raw
     from training import checkpoint as ckpt
     from training.config import load_config
     from training.train import train

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service import imaging
+from core import imaging
 from service_fixtures import (
     animated_gif,
     encode,

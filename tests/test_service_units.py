@@ -13,12 +13,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageFile
 
-from service import imaging
+from core import imaging
+from service.imaging import decode_image as service_decode
 from service.config import Settings, SettingsError
 from service.errors import ApiError
-from service.loading import load_model
+from core.loading import load_model
 from service.registry import ModelRegistry
-from service.tiling import tile_and_blend, tile_starts
+from core.tiling import tile_and_blend, tile_starts
 from service_fixtures import animated_gif, encode, png_claiming_size, synthetic_photo, write_fixture_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def test_settings_defaults_and_env():
 
 
 def _decode(data: bytes, limit: int = 4096 * 4096) -> imaging.DecodedImage:
-    return imaging.decode_image(data, limit)
+    return service_decode(data, limit)
 
 
 def _status(data: bytes, limit: int = 4096 * 4096) -> int:
@@ -285,7 +286,7 @@ def test_upscale_tiled_matches_untiled(svc_unit_models):
     settings = cpu_settings(svc_unit_models, tile=64, tile_overlap=8)
     model = load_model(svc_unit_models / "srresnet-x4", settings, ["CPUExecutionProvider"])
     assert model.ready
-    from service import inference
+    from core import pipelines as inference
 
     pixels = synthetic_photo(150, 130, seed=5)
     x = imaging.to_float(pixels, model.image_spec.in_range)

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from tiny_configs import FAMILIES, tiny_raw
+from testkit.tiny import FAMILIES, tiny_raw
 from training import checkpoint as ckpt
 from training.config import load_config
 from training.recipes.base import Recipe, TrainingDiverged

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tiny_configs import tiny_raw
+from testkit.tiny import tiny_raw
 from training import checkpoint as ckpt
 from training.config import load_config
 from training.recipes.base import Recipe

@@ -43,7 +43,8 @@ class Bf16Error(RuntimeError):
 
 
 def measured_on() -> dict[str, Any]:
-    from service.backends import cpu_model, native_bf16, openvino_version, reported_flags
+    from core.backends import native_bf16, openvino_version
+    from core.cpu import cpu_model, reported_flags
 
     return {"cpu": cpu_model(), "flags": reported_flags(), "openvino": openvino_version(),
             "native": native_bf16()[1]}
@@ -96,7 +97,7 @@ def generator_feeds(card: Card, count: int, seed: int) -> tuple[list[dict[str, n
 def measure_role(folder: Path, card: Card, role: str, count: int, rounds: int, data_root: str | None,
                  log: Callable[[str], Any]) -> dict[str, Any]:
     """PSNR of OpenVINO bf16 against OpenVINO fp32 on one role's graph, and the two timings."""
-    from service.backends import make_openvino_session
+    from core.backends import make_openvino_session
 
     entry = card.files[role]
     data = (folder / entry.path).read_bytes()
@@ -123,7 +124,7 @@ def bf16_variant(folder: Path, card: Card, count: int = 8, rounds: int = 7, data
     Export's hook: call it on the staging folder before the card is written, where `native_bf16()` holds,
     and set `card.variants["bf16"]` to the result. Bf16Error where this CPU cannot run bf16.
     """
-    from service.backends import native_bf16, openvino_installed
+    from core.backends import native_bf16, openvino_installed
 
     if not openvino_installed():
         raise Bf16Error("the openvino package is not installed (it is a serving dependency: pip install -e .)")

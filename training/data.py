@@ -32,7 +32,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from core.imaging import ImageError, read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -70,26 +72,15 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Decode ``path`` fully, apply EXIF orientation, convert to ``mode`` ("RGB" or "L").
-
-    Alpha is composited over white; 16-bit greyscale is scaled to 8 bits.
-    """
+    """Decode ``path`` with the service's own decoder (core.imaging.read_image: EXIF orientation, every
+    mode, 16-bit as v * 255 / 65535, alpha set aside as the service sets it aside), as ``mode`` ("RGB" or
+    "L"). So a file is the same pixels in training as in a request."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        decoded = read_image(path)
+    except (ImageError, OSError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
-    if im.mode.startswith("I") or im.mode == "F":  # I;16, I;16B, I, F
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        im = Image.fromarray(np.clip(arr * 255.0 / top + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "La", "RGBa"):
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im.convert("RGBA"))
+    im = Image.fromarray(decoded.pixels[..., 0] if decoded.gray else decoded.pixels, "L" if decoded.gray else "RGB")
     return im.convert(mode) if im.mode != mode else im
 
 

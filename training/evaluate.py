@@ -1,12 +1,12 @@
-"""Held-out evaluation of a published model, through the service's own pipeline (never torch).
+"""Held-out evaluation of a published model, through the pipeline the service runs (never torch).
 
     python -m training eval NAME [--models models] [--data-root DIR] [--limit N]
 
 Reads OUT/NAME/card.json (the training config in it names the dataset; override
 the root with --data-root), loads the folder with the service's loader
-(service/loading.py: sha256-checked bytes, the CPU provider, the fp32 graphs, the
+(core/loading.py: sha256-checked bytes, the CPU provider, the fp32 graphs, the
 card's tiling) and sends every held-out image through the service's pipeline
-functions (service/inference.py: `upscale_image`, `translate_image`,
+functions (core/pipelines.py: `upscale_image`, `translate_image`,
 `generate_images`: the same padding, tiling, blending and pixel mapping as
 /upscale, /translate and /generate). So every figure is computed on the 8-bit
 images a client would get. The figures go into the card's `metrics.heldout`
@@ -49,11 +49,11 @@ import numpy as np
 
 from contract import Card
 from contract.folder import ModelDirError, model_lock, verify_model_dir, write_card
-from service import inference
-from service.config import Settings
-from service.imaging import DecodedImage, to_channels
-from service.loading import ServedModel, load_model
-from service.runtime import CPU
+from core import pipelines
+from core.imaging import DecodedImage, to_channels
+from core.loading import ServedModel, load_model
+from core.runtime import CPU
+from core.settings import RuntimeSettings
 
 from .metrics import colourfulness, frechet_distance, psnr_from_mse, y_scores
 from .registry import FAMILIES, Family, get_family
@@ -64,8 +64,7 @@ ANCHORS = (("fsrcnn", "FSRCNN"), ("espcn", "ESPCN"), ("lapsrn", "LapSRN"))
 PROVIDER = CPU
 # The service on the CPU with no environment read: the reference fp32 graphs on onnxruntime (a backend or
 # precision change is measured against it: variants.bf16 / int8), the card's tile and overlap, no batching.
-SERVICE_SETTINGS = Settings(device="cpu", backend="onnxruntime", precision="fp32", tile=0, tile_overlap=-1,
-                            batch_max=1)
+SERVICE_SETTINGS = RuntimeSettings(device="cpu", backend="onnxruntime", precision="fp32", tile=0, tile_overlap=-1)
 GENERATE_BATCH = 256
 DEFAULT_PHOTOS = "data/photos"  # held-out photos for a model without a training config (`prepare photos`)
 TRANSLATE_EDGE = 256  # the square an imported translate model is measured at (junyanz trains at 256)
@@ -87,12 +86,12 @@ def load_served(model_dir: str | Path) -> ServedModel:
 
 def super_resolve(served: ServedModel, lr: np.ndarray) -> np.ndarray:
     """uint8 H x W x C -> what /upscale answers at the model's native scale (uint8 H*s x W*s x C')."""
-    return inference.upscale_image(served, DecodedImage(lr, None), served.image_spec.scale)[0]
+    return pipelines.upscale_image(served, DecodedImage(lr, None), served.image_spec.scale)[0]
 
 
 def translate(served: ServedModel, role: str, pixels: np.ndarray) -> np.ndarray:
     """uint8 H x W x C -> what /translate answers for graph `role` (generator, a2b, b2a): uint8 H x W x C'."""
-    return inference.translate_image(served, DecodedImage(pixels, None), role)[0]
+    return pipelines.translate_image(served, DecodedImage(pixels, None), role)[0]
 
 
 def translate_batch(served: ServedModel, role: str, pixels: np.ndarray) -> np.ndarray:
@@ -103,7 +102,7 @@ def translate_batch(served: ServedModel, role: str, pixels: np.ndarray) -> np.nd
 
 def generate(served: ServedModel, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """z [N, latent] (+ labels [N]) -> uint8 N x C x H x W, what /generate draws for those latents."""
-    out = [inference.generate_images(served, z[i:i + GENERATE_BATCH], None if labels is None
+    out = [pipelines.generate_images(served, z[i:i + GENERATE_BATCH], None if labels is None
                                      else labels[i:i + GENERATE_BATCH]) for i in range(0, len(z), GENERATE_BATCH)]
     return np.concatenate(out).transpose(0, 3, 1, 2)
 

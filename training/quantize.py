@@ -180,7 +180,7 @@ def session(path_or_bytes):
     """A CPU session with every graph optimization, as the service runs the int8 graph."""
     import onnxruntime as ort
 
-    from service.runtime import make_session
+    from core.runtime import make_session
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return make_session(path_or_bytes, options)
@@ -250,22 +250,12 @@ def time_pair(sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: in
 
 
 def machine() -> dict[str, Any]:
-    import platform
-
     import onnxruntime as ort
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
-                            "onnxruntime": ort.__version__}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                info["flags"] = sorted(f for f in flags if f.startswith(("avx512_vnni", "avx_vnni", "amx", "avx512_bf16")))
-                break
-    except OSError:
-        pass
+
+    from core.cpu import cpu_flags, cpu_model, cpuinfo_text
+    info: dict[str, Any] = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "onnxruntime": ort.__version__}
+    if cpuinfo_text():
+        info["flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx512_vnni", "avx_vnni", "amx", "avx512_bf16")))
     with_load = getattr(os, "getloadavg", None)
     if with_load:
         info["loadavg"] = [round(v, 2) for v in with_load()]

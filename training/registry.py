@@ -1,8 +1,8 @@
 """Every family, with everything family-specific, in one table; networks come from networks/registry.py.
 
-A family is one recipe file (its networks' wiring, losses, training step, export specs and tiny
-test config) plus one `Family(...)` line below: the CLI, export, evaluation, the sample sheets and
-the tests find it all here. Entries are dotted paths, imported when first used, so that nothing is
+A family is one recipe file (its networks' wiring, losses, training step and export specs) plus one
+`Family(...)` line below: the CLI, export, evaluation and the sample sheets find it all here (the
+tests' tiny run config of each family lives in testkit/tiny.py, outside the product). Entries are dotted paths, imported when first used, so that nothing is
 scanned or imported at start-up (and this module needs no torch).
 """
 from __future__ import annotations
@@ -30,10 +30,6 @@ class Family:
 
     def sheet_maker(self) -> Callable[..., Any]:
         return load(self.sheet)
-
-    def tiny_config(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """A tiny run config over small generated datasets ({"fashion": root, "photos": root}): tests."""
-        return self.recipe_class().tiny_config(data)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (

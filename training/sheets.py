@@ -3,7 +3,7 @@
     python -m training sheets [NAME ...] [--models models] [--out docs/samples] [--data-root DIR]
 
 Loads each folder with the service's loader and runs every image through the
-service's own pipeline (service/inference.py), exactly as `eval` does
+service's own pipeline (core/pipelines.py), exactly as `eval` does
 (training/evaluate.py), on the held-out split of each model's dataset: what a
 sheet shows is what /generate, /translate and /upscale answer.
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from contract import Card, CardError
 from contract.folder import ModelDirError, verify_model_dir
-from service.loading import ServedModel
+from core.loading import ServedModel
 
 from .evaluate import (EvalError, data_config, domain_images, family_of, generate, load_served, reader,
                        super_resolve, translate, translate_batch)

@@ -157,7 +157,7 @@ def check_graph(path: Path, what: str) -> None:
     """onnx.checker (full) and an onnxruntime CPU session must both accept the file."""
     import onnx
 
-    from service.runtime import make_session
+    from core.runtime import make_session
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001

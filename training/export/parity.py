@@ -24,7 +24,7 @@ class Case:
 
 def cpu_session(path: Path):
     """The onnxruntime CPU session parity runs on (the project's one session factory)."""
-    from service.runtime import make_session
+    from core.runtime import make_session
     return make_session(path)
 
 

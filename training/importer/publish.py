@@ -203,7 +203,7 @@ def quiet_session(path: Path):
     """An onnxruntime CPU session that does not log the failures the probe provokes on purpose."""
     import onnxruntime as ort
 
-    from service.runtime import make_session
+    from core.runtime import make_session
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: the probe reports what fails, in one line

@@ -84,12 +84,6 @@ class Recipe:
     def export_specs(self) -> dict[str, ExportSpec]:
         raise NotImplementedError
 
-    @classmethod
-    def tiny_config(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """A run config of a few seconds over small generated datasets ({"fashion": root, "photos": root}),
-        without `train` (the tests add theirs): every family trains, exports and serves one in the tests."""
-        raise NotImplementedError
-
     # -- what export writes into the card beyond the export specs (family-specific) ----------------
     batch_norm_note: str = ""  # appended to the card's eval-mode batch norm note
 

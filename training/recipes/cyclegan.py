@@ -130,15 +130,6 @@ class CycleGANRecipe(Recipe):
             return {"domains": {"a": a, "b": b}}
         return {"domains": {"a": "A", "b": "B"}}
 
-    @classmethod
-    def tiny_config(cls, data):
-        return {"family": "cyclegan",
-                "data": {"kind": "fashion_mnist_domains", "root": str(data["fashion"]), "class_a": 7, "class_b": 9,
-                         "image_size": 28},
-                "model": {"generator": {"in_channels": 1, "out_channels": 1, "ngf": 4, "n_blocks": 2},
-                          "discriminator": {"ndf": 4, "n_layers": 2, "norm": "instance"}, "native_size": [28, 28]},
-                "loss": {"pool_size": 4}}
-
     def extra_state(self):
         return {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
 

@@ -161,11 +161,3 @@ class DCGANRecipe(Recipe):
         if self.cfg.data.get("kind") == "fashion_mnist" and k == len(FASHION_MNIST_CLASSES):
             return {"classes": list(FASHION_MNIST_CLASSES)}
         return {"classes": [str(i) for i in range(k)]}
-
-    @classmethod
-    def tiny_config(cls, data):
-        return {"family": "dcgan", "data": {"kind": "fashion_mnist", "root": str(data["fashion"]), "image_size": 32},
-                "model": {"latent_dim": 8, "num_classes": 10, "channels": 1, "image_size": 32, "ngf": 8, "ndf": 8,
-                          "embed_dim": 4, "minibatch_std": True, "spectral_norm": True, "aux_classifier": True,
-                          "ema_decay": 0.9},
-                "loss": {"gan_mode": "hinge", "mode_seeking": 1.0, "aux_class": 0.5}}

@@ -94,10 +94,3 @@ class Pix2PixRecipe(Recipe):
     # the reference code runs batch norm on batch statistics at test time; the exported graph does not
     batch_norm_note = (" (the pix2pix reference runs batch norm on batch statistics at test time; here outputs"
                        " do not depend on the batch, and onnxruntime was checked against torch eval mode)")
-
-    @classmethod
-    def tiny_config(cls, data):
-        return {"family": "pix2pix",
-                "data": {"kind": "colorization", "root": str(data["photos"]), "load_size": None, "crop_size": 32},
-                "model": {"generator": {"in_channels": 1, "out_channels": 3, "num_downs": 5, "ngf": 4},
-                          "discriminator": {"ndf": 4, "n_layers": 2}}}

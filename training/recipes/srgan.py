@@ -183,12 +183,6 @@ class SRGANRecipe(Recipe):
     def description_extra(self) -> str:
         return f" x{self.cfg.model.generator.scale}"
 
-    @classmethod
-    def tiny_config(cls, data):
-        return {"family": "srgan", "data": {"kind": "hr_folder", "root": str(data["photos"]), "hr_size": 32, "scale": 4},
-                "model": {"generator": {"nf": 8, "n_blocks": 2, "scale": 4}, "discriminator": {"ndf": 4}},
-                "loss": {"stage": "pretrain"}}
-
 
 def is_checkpoint(path: str | Path) -> bool:
     """A ganforge checkpoint (loss.init_from's first meaning), not an imported weights file."""

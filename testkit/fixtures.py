@@ -161,7 +161,7 @@ def fixture_card(name: str, endpoint: str, family: str, description: str, files:
         "runtimes": {"torch": "fixture", "onnx": onnx.__version__, "onnxruntime": "1.31.1"},
         "files": {role: to_plain(f) for role, f in files.items()},
         "training": {
-            "dataset": {"name": "fixture", "source": "training/fixtures.py", "manifest_sha256": "0" * 64},
+            "dataset": {"name": "fixture", "source": "testkit/fixtures.py", "manifest_sha256": "0" * 64},
             "config": {},
             "steps": 0,
             "git_commit": "0000000",

@@ -1,4 +1,4 @@
-"""onnxruntime for the service: which providers work here, and the one session factory.
+"""onnxruntime: which providers work here, and the one session factory.
 
 `resolve_providers` checks that CUDA really initialises before any model is loaded
 (`get_available_providers()` lists CUDA whenever the GPU build is installed). It first asks
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .config import Settings
+from .settings import RuntimeConfig
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -34,7 +34,7 @@ _PROBE_MODEL = base64.b64decode(
 )
 
 
-def cuda_options(settings: Settings) -> dict[str, str]:
+def cuda_options(settings: RuntimeConfig) -> dict[str, str]:
     # HEURISTIC: the graphs take dynamic H, W, and EXHAUSTIVE would re-benchmark
     # every new input shape. kSameAsRequested: the arena does not double past need.
     return {
@@ -83,7 +83,7 @@ def nvidia_gpu(library: str = "libcuda.so.1") -> tuple[bool, str]:
     return True, f"{count.value} NVIDIA GPU(s)"
 
 
-def cpu_only(settings: Settings, why: str) -> list:
+def cpu_only(settings: RuntimeConfig, why: str) -> list:
     """[CPU] with one info line saying why; RuntimeError for GANFORGE_DEVICE=cuda."""
     if settings.device == "cuda":
         raise RuntimeError(f"GANFORGE_DEVICE=cuda but onnxruntime cannot use the CUDA provider here ({why}); "
@@ -92,7 +92,7 @@ def cpu_only(settings: Settings, why: str) -> list:
     return [CPU]
 
 
-def resolve_providers(settings: Settings) -> list:
+def resolve_providers(settings: RuntimeConfig) -> list:
     """The provider list every session gets, after checking CUDA really works here.
 
     Raises RuntimeError for GANFORGE_DEVICE=cuda when CUDA cannot be used.
@@ -127,10 +127,12 @@ def resolve_providers(settings: Settings) -> list:
     return [CPU]
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """The options of every onnxruntime session: all graph optimisations, `threads` intra-op threads
+    (GANFORGE_ORT_THREADS; 0 = one per physical core), one inter-op thread."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = settings.ort_threads
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return options
 

@@ -22,6 +22,8 @@ import numpy as np
 RAMP_FLOOR = 1e-4  # weight of the dead margin: ~0, but keeps every weight sum positive
 # called before each graph run with (tiles done, tiles in all); it raises to stop the image
 TileCheck = Callable[[int, int], None]
+# called after each graph run with (tiles done, tiles in all)
+TileProgress = Callable[[int, int], None]
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -67,6 +69,7 @@ def tile_and_blend(
     scale: int,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
     check: TileCheck | None = None,
+    progress: TileProgress | None = None,
 ) -> np.ndarray:
     """image [C, H, W] -> [C', H*scale, W*scale], computed tile by tile.
 
@@ -83,13 +86,15 @@ def tile_and_blend(
     float output and its temporaries).
 
     `check(done, total)` runs before each tile (a cancelled or late request raises there), so a
-    request stops within one tile of being cancelled.
+    request stops within one tile of being cancelled; `progress(done, total)` after each tile.
     """
     _, height, width = image.shape
     if height <= tile and width <= tile:
         if check is not None:
             check(0, 1)
         y = run(image[None])[0]
+        if progress is not None:
+            progress(1, 1)
         return y if finish is None else finish(y)
     overlap = max(0, min(overlap, tile // 2))
     ys, xs, th, tw = tile_grid(height, width, tile, overlap)
@@ -115,6 +120,8 @@ def tile_and_blend(
                 check(ran, total)
             y = run(image[None, :, y0:y0 + th, x0:x0 + tw])[0]
             ran += 1
+            if progress is not None:
+                progress(ran, total)
             if fresh is None:
                 fresh = np.zeros((y.shape[0], th * scale, width * scale), dtype=np.float32)
                 if strip is not None:  # rows the previous tile row left unfinished

@@ -31,11 +31,11 @@ import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import telemetry
+from .cpu import BF16_FLAGS, cpu_flags
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -43,10 +43,6 @@ ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
 OPENVINO_CPU = "OpenVINO:CPU"  # ServedModel.provider for a graph OpenVINO runs
 CUDA_PROVIDER = "CUDAExecutionProvider"
-# the CPU flags that mean native bf16 arithmetic (OpenVINO's bf16 kernels use AMX, else AVX512-BF16)
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# the flags /models, the startup log, bench and the bf16 card entry report
-REPORTED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
 BF16_GATE_DB = 45.0  # PSNR of bf16 against fp32 (worst measured input) a card must show for bf16 to serve
 # OpenVINO INFERENCE_PRECISION_HINT per served precision (int8: the QDQ graph's float parts stay f32)
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -73,38 +69,6 @@ ENFORCE_BF16 = "enforceBF16evenForGraphTail"
 class IOName:
     """A graph input or output, as onnxruntime's NodeArg names it."""
     name: str
-
-
-# ------------------------------------------------------------------ the machine
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
-
-
-def reported_flags(flags: Iterable[str] | None = None) -> list[str]:
-    have = cpu_flags() if flags is None else set(flags)
-    return [f for f in REPORTED_FLAGS if f in have]
 
 
 def openvino_installed() -> bool:
@@ -234,10 +198,13 @@ class OpenVinoSession:
     requests wait for one. Outputs are copied out of the request before it is handed to the next caller.
     """
 
-    def __init__(self, compiled: Any, precision: str, graph: Any = None) -> None:
+    def __init__(self, compiled: Any, precision: str, graph: Any = None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         """`graph`: the ov.Model as read, whose tensor names are the ONNX file's (compiling can merge an
-        output's name with its producer's and report that one)."""
+        output's name with its producer's and report that one). `on_wait(seconds)`: told how long each run
+        waited for an idle infer request (the service's per-request metrics)."""
         self.compiled = compiled
+        self.on_wait = on_wait
         self.precision = precision
         named = graph if graph is not None else compiled
         self._inputs = [IOName(port.get_any_name()) for port in named.inputs]
@@ -270,7 +237,8 @@ class OpenVinoSession:
             raise ValueError(f"no input named {exc.args[0]!r}; inputs: {list(self._input_index)}") from None
         waiting = time.perf_counter()
         request = self._idle.get()  # another request of this model may hold the only one (LATENCY hint)
-        telemetry.add_wait(time.perf_counter() - waiting)
+        if self.on_wait is not None:
+            self.on_wait(time.perf_counter() - waiting)
         try:
             request.infer(inputs, share_inputs=True)
             return [request.get_output_tensor(self._index[n]).data.copy() for n in names]
@@ -323,9 +291,9 @@ def bf16_tail(model: Any) -> int:
 
 
 def make_openvino_session(model: bytes | str | Path, precision: str = "fp32", threads: int = 0,
-                          hint: str = OV_HINT) -> OpenVinoSession:
+                          hint: str = OV_HINT, on_wait: Callable[[float], None] | None = None) -> OpenVinoSession:
     """An OpenVINO CPU model compiled from `model` (the ONNX bytes, or a path) at `precision` (fp32, bf16, int8:
-    a QDQ graph)."""
+    a QDQ graph); `on_wait` as OpenVinoSession's."""
     core = openvino_core()
     graph = core.read_model(model=model if isinstance(model, bytes) else str(model))
     config = openvino_config(precision, threads, hint)
@@ -333,4 +301,4 @@ def make_openvino_session(model: bytes | str | Path, precision: str = "fp32", th
         # one stream: the plugin reads the marks (strings, as Python sets them) while it builds each stream's
         # graph, and building several at once crashed (OpenVINO's Any caches the string's conversion unlocked)
         config["NUM_STREAMS"] = "1"
-    return OpenVinoSession(core.compile_model(graph, "CPU", config), precision, graph)
+    return OpenVinoSession(core.compile_model(graph, "CPU", config), precision, graph, on_wait)
