@@ -3,6 +3,7 @@
   python deploy/container.py build [--variant cpu|gpu] [--models DIR] [--image NAME]
                                    [--base-image IMAGE] [--ca-bundle FILE] [--engine docker|podman]
   python deploy/container.py preflight [--engine ...]   # can this machine build and run containers?
+  python deploy/container.py requirements [--check]     # rewrite (or check) deploy/requirements-*.txt
 
 Steps: pick the engine (a docker whose daemon answers, else podman); pick the base
 image (--base-image; else BentoML's default `python:3.N-slim` when a registry
@@ -11,6 +12,13 @@ with debootstrap, see ../shared/CONTAINERS.md); stage a build context (service/,
 the model folders, the variant's bentofile with the base image written in);
 `bentoml build`; `bentoml containerize`. The image is tagged NAME:<bento version>
 and NAME:latest, and its size is printed.
+
+Requirements: pyproject.toml's [project] dependencies are the only place the serving
+versions are written. Each image installs them with the onnxruntime build it needs
+(`onnxruntime` on the CPU, `onnxruntime-gpu[cuda,cudnn]` on CUDA), from
+deploy/requirements-<variant>.txt, which the bentofiles name (`python.requirements_txt`,
+so a plain `bentoml build` reads them too); a test fails when they are stale, and `build`
+stages them freshly derived.
 
 --ca-bundle FILE: a CA bundle (e.g. a TLS-intercepting proxy's) that pip/uv inside the
 build must trust. podman mounts it over the image's bundle for the build only; docker
@@ -23,11 +31,13 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +48,11 @@ REPO = Path(__file__).resolve().parent.parent
 BENTOML = Path(sys.executable).parent / "bentoml"
 BENTOFILES = {"cpu": "bentofile.yaml", "gpu": "bentofile.gpu.yaml"}
 IMAGE_NAMES = {"cpu": "ganforge", "gpu": "ganforge-gpu"}
+PYPROJECT = REPO / "pyproject.toml"
+REQUIREMENTS = {"cpu": "deploy/requirements-cpu.txt", "gpu": "deploy/requirements-gpu.txt"}
+# pyproject.toml names onnxruntime-gpu (it runs on the CPU too); each image takes its own build of the same version
+PYPROJECT_ONNXRUNTIME = "onnxruntime-gpu"
+ONNXRUNTIME_BUILDS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu[cuda,cudnn]"}
 LOCAL_BASE = "localhost/ganforge-base:bookworm"
 # BentoML's own default: the building interpreter's Python version, slim Debian
 BENTOML_BASE = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
@@ -63,6 +78,32 @@ def _run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProce
 def _tail(proc: subprocess.CompletedProcess, lines: int = 5) -> str:
     text = (proc.stdout or "") + "\n" + (proc.stderr or "")  # the error last
     return " | ".join([line for line in text.splitlines() if line.strip()][-lines:]) or f"exit code {proc.returncode}"
+
+
+def requirements_text(variant: str, pyproject: Path = PYPROJECT) -> str:
+    """The image's requirements.txt: pyproject.toml's [project] dependencies, onnxruntime as the variant's build."""
+    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    names = [re.match(r"[A-Za-z0-9._-]+", dependency).group(0) for dependency in dependencies]
+    if PYPROJECT_ONNXRUNTIME not in names:
+        raise ContainerError(f"{pyproject.name} names no {PYPROJECT_ONNXRUNTIME} dependency to build the image on")
+    lines = [ONNXRUNTIME_BUILDS[variant] + dependency[len(name):] if name == PYPROJECT_ONNXRUNTIME else dependency
+             for name, dependency in zip(names, dependencies)]
+    return (f"# Generated from pyproject.toml's [project] dependencies by `python deploy/container.py requirements`:\n"
+            f"# do not edit. The {variant} image ({BENTOFILES[variant]}).\n" + "\n".join(lines) + "\n")
+
+
+def write_requirements(check: bool) -> int:
+    """Rewrite deploy/requirements-*.txt from pyproject.toml; with `check`, exit status 1 when one is stale."""
+    stale = [path for variant, path in REQUIREMENTS.items()
+             if not (REPO / path).is_file() or (REPO / path).read_text() != requirements_text(variant)]
+    if check:
+        for path in stale:
+            print(f"{path} is stale: run python deploy/container.py requirements", file=sys.stderr)
+        return 1 if stale else 0
+    for variant, path in REQUIREMENTS.items():
+        (REPO / path).write_text(requirements_text(variant))
+        print(f"wrote {path}")
+    return 0
 
 
 def find_engine(preferred: str | None = None) -> str:
@@ -170,6 +211,7 @@ def stage_context(ctx: Path, variant: str, models: Path, base: str | None) -> Pa
     (ctx / "deploy").mkdir()
     shutil.copy2(REPO / "deploy" / "slim.sh", ctx / "deploy" / "slim.sh")
     config = yaml.safe_load((REPO / BENTOFILES[variant]).read_text())
+    (ctx / config["python"]["requirements_txt"]).write_text(requirements_text(variant))  # pyproject's pins, now
     if base:
         config.setdefault("docker", {})["base_image"] = base
     bentofile = ctx / "bentofile.yaml"
@@ -218,15 +260,18 @@ def preflight(engine: str | None, base_image: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["build", "preflight"])
+    parser.add_argument("command", choices=["build", "preflight", "requirements"])
     parser.add_argument("--variant", choices=sorted(BENTOFILES), default="cpu")
     parser.add_argument("--models", type=Path, default=REPO / "models", help="model folders to bake in [models/]")
     parser.add_argument("--image", help="image name [ganforge / ganforge-gpu]")
     parser.add_argument("--base-image", help="base image [BentoML's default, or a local Debian one offline]")
     parser.add_argument("--ca-bundle", type=Path, help="CA bundle pip/uv must trust during the build")
     parser.add_argument("--engine", choices=["docker", "podman"], help="[docker when its daemon answers, else podman]")
+    parser.add_argument("--check", action="store_true", help="requirements: exit 1 when a committed file is stale")
     args = parser.parse_args(argv)
     try:
+        if args.command == "requirements":
+            return write_requirements(args.check)
         if args.command == "preflight":
             print(preflight(args.engine, args.base_image))
         else:

@@ -1,43 +1,36 @@
-"""Service settings, read from environment variables (all optional).
+"""Service settings, read from GANFORGE_* environment variables (all optional), once per process.
 
-| variable                    | default              | meaning |
-| --------------------------- | -------------------- | ------- |
-| GANFORGE_MODELS_DIR         | <repo>/models        | folder of model folders (docs/model-card.md). In a Bento the bundled `models/` sits next to `service/`, so the default finds it there too. |
-| GANFORGE_DEVICE             | auto                 | auto: CUDA when onnxruntime can use it, else CPU. cpu: never CUDA. cuda: refuse to start without a working CUDA provider. |
-| GANFORGE_CUDA_DEVICE_ID     | 0                    | GPU index for the CUDA provider. |
-| GANFORGE_AUTH_TOKEN         | (unset)              | when set, every request except /livez, /readyz, /healthz, /metrics needs `Authorization: Bearer <token>`. |
-| GANFORGE_MAX_UPLOAD_BYTES   | 20971520 (20 MiB)    | largest request body; larger -> 413. |
-| GANFORGE_MAX_INPUT_PIXELS   | 16777216 (4096^2)    | largest decoded input image (width*height); checked from the header before decoding -> 413. |
-| GANFORGE_MAX_OUTPUT_PIXELS  | 67108864 (8192^2)    | largest image the service will produce -> 413. |
-| GANFORGE_MAX_N              | 64                   | largest `n` (and interpolation `steps`) for /generate. |
-| GANFORGE_TILE               | 0                    | tile edge in input pixels for /upscale and /translate; 0 = the card's `tiling.tile` (256 if the card has none). |
-| GANFORGE_TILE_OVERLAP       | -1                   | tile overlap in input pixels; -1 = the card's `tiling.overlap` (16 if none). |
-| GANFORGE_ORT_THREADS        | 0                    | inference threads per graph: onnxruntime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS; 0 = the runtime's default (one per physical core). |
-| GANFORGE_WORKERS            | 1                    | BentoML worker processes (each loads every model once). |
-| GANFORGE_THREADS            | 4                    | requests a worker runs at once (BentoML `threads`): decode/encode of one overlaps another's graph run, concurrent same-shaped requests batch, and a long upscale does not hold up small requests. 1 = strictly one at a time (least memory). |
-| GANFORGE_BATCH_MAX          | 0                    | adaptive batching: most rows one graph run may merge from queued same-shaped requests (service/batching.py); 1 = off. 0 = auto: 16 on the CUDA provider, off on the CPU provider (measured, make bench: on the CPU a merged run is no faster per row for these models, and over four bench runs 16 clients got 0-10% fewer requests/s through with it). Needs GANFORGE_THREADS > 1 to see concurrent requests. |
-| GANFORGE_MAX_CONCURRENCY    | 32                   | /generate, /translate, /upscale requests in flight per worker (uploads included) before 429. |
-| GANFORGE_TIMEOUT_S          | 120                  | per-request limit: an image request that cannot finish in it at its model's measured speed is refused at once (413, naming the size it can take); one whose deadline passes or whose client leaves stops within one tile (504 / 503); BentoML's own timeout is a backstop above it. |
-| GANFORGE_LOG_FORMAT         | text                 | text: BentoML's log lines. json: one JSON object per line (service/logs.py); the container image sets json. |
-| GANFORGE_RELOAD_POLL_S      | 0                    | every this many seconds each worker re-scans the models dir and swaps in changed models (0 = off; `POST /admin/reload` reloads on demand). |
-| GANFORGE_READY_REQUIRES_ALL | 0                    | 1: /readyz answers 503 while any model is unavailable. 0: /readyz is 200 once the worker is up; unavailable models are named in /models. |
-| GANFORGE_BACKEND            | auto                 | which runtime runs the graphs: `auto` = onnxruntime where its CUDA provider works, OpenVINO on the CPU (onnxruntime if the `openvino` package is missing); `onnxruntime` (CUDA or CPU, as GANFORGE_DEVICE says); `openvino` (the CPU; not with GANFORGE_DEVICE=cuda). A graph OpenVINO cannot compile runs on onnxruntime (logged). /models says per model: backend, device, precision and why. |
-| GANFORGE_METRICS            | 1                    | 1: ganforge's own per-model Prometheus metrics and trace spans (service/telemetry.py, README "Metrics") beside BentoML's. 0: not recorded (BentoML's `/metrics` stays): for measuring what they cost (`python -m bench --only telemetry`). |
-| GANFORGE_PRECISION          | auto                 | which precision of each model runs. `auto`: bf16 where the backend is OpenVINO, the CPU has native bf16 (AMX or AVX512-BF16) and the card's `variants.bf16` gate passed (>= 45 dB PSNR against fp32 on the worst input, `python -m training bf16 NAME`), else fp32. `fp32`: always fp32 (the opt-out). `bf16`: as auto, but a fallback is a warning. `int8`: the card's `variants.int8` (made by `python -m training quantize`) on the CPU, through OpenVINO when it is the backend (its QDQ graph measured 4x faster than onnxruntime's int8 here), else onnxruntime's CPU provider. `fp16`: the card's `variants.fp16` on the CUDA provider. Comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, the other device) serves fp32 and logs why; /models says what runs and why. |
+Every variable is declared once, on the `Settings` field it sets: its name, default, minimum
+or choices, and help text. `Settings.from_env` parses by that declaration, and the README's
+configuration table and this module's CLI are generated from it:
 
-Invalid values stop the service at startup with a message naming the variable.
+    python -m service.config              # every variable: default and meaning
+    python -m service.config --markdown   # the same as the README table
+    python -m service.config --write      # rewrite README.md's <!-- env-table --> block
+    python -m service.config --check      # exit 1 when that block is stale
+
+The table: README.md, "Configuration". Invalid values stop the service at startup with a
+message naming the variable. The service reads its settings through `settings()`.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import functools
 import os
+import re
+import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+README = REPO_ROOT / "README.md"
+TABLE_START, TABLE_END = "<!-- env-table -->", "<!-- /env-table -->"
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
@@ -47,63 +40,132 @@ class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
+@dataclass(frozen=True)
+class Variable:
+    """One GANFORGE_* variable: what `Settings.from_env` parses and the docs print.
+
+    `kind` follows the default's type (path, text, bool, int, float; a str default with
+    `choices` is a choice) unless given; `shown` is the default as the docs write it."""
+
+    name: str
+    default: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    shown: str | None = None
+    kind: str = ""
+    field: str = ""  # the Settings field it sets
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        return _READERS[self.kind](self, env.get(self.name, ""))
+
+    def default_text(self) -> str:
+        """The default in Markdown: the value as it would be written in the variable, or `shown`."""
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, bool):
+            return "`1`" if self.default else "`0`"
+        if isinstance(self.default, float) and self.default.is_integer():
+            return f"`{int(self.default)}`"
+        return f"`{self.default}`"
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, Path):
+        return "path"
+    if default is None:
+        return "text"
+    for kind in (bool, int, float, str):  # bool before int: True is an int
+        if isinstance(default, kind):
+            return "choice" if kind is str else kind.__name__
+    raise TypeError(f"no variable kind for a default of {default!r}")
+
+
+def env_var(name: str, default: Any, help: str, **declared: Any) -> Any:
+    """A Settings field set by the environment variable `name` (see `Variable`)."""
+    var = Variable(name, default, " ".join(help.split()), **declared)
+    return dataclasses.field(default=default, metadata={"env": dataclasses.replace(var, kind=var.kind or _kind(default))})
+
+
+def _read_path(var: Variable, raw: str) -> Path:
+    raw = raw.strip()
+    return Path(raw).expanduser().resolve() if raw else var.default
+
+
+def _read_text(var: Variable, raw: str) -> str | None:
+    return raw if raw.strip() else var.default
+
+
+def _read_choice(var: Variable, raw: str) -> str:
+    value = raw.strip().lower() or var.default
+    if value not in var.choices:
+        raise SettingsError(f"{var.name}={value!r} must be one of {', '.join(var.choices)}")
+    return value
+
+
+def _read_int(var: Variable, raw: str) -> int:
+    raw = raw.strip()
     if not raw:
-        return default
+        return var.default
     try:
         value = int(raw.replace("_", ""))
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be >= {minimum}")
+        raise SettingsError(f"{var.name}={raw!r} is not an integer") from None
+    if value < var.minimum:
+        raise SettingsError(f"{var.name}={value} must be >= {var.minimum}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
+def _read_float(var: Variable, raw: str) -> float:
+    raw = raw.strip()
     if not raw:
-        return default
+        return var.default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:
-        raise SettingsError(f"{name}={value} must be >= {minimum}")
+        raise SettingsError(f"{var.name}={raw!r} is not a number") from None
+    if not value >= var.minimum:
+        raise SettingsError(f"{var.name}={value} must be >= {var.minimum}")
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
+def _read_bool(var: Variable, raw: str) -> bool:
+    raw = raw.strip().lower()
     if not raw:
-        return default
+        return var.default
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise SettingsError(f"{name}={raw!r} must be 0 or 1")
+    raise SettingsError(f"{var.name}={raw!r} must be 0 or 1")
 
 
-def _precision(env: Mapping[str, str], name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _read_precision(var: Variable, raw: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """`int8`, `name:int8,other:fp32` or `int8,name:fp32` -> (default, ((model, precision), ...))."""
     default, per_model = None, {}
-    for item in env.get(name, "").replace(" ", "").split(","):
+    for item in raw.replace(" ", "").split(","):
         if not item:
             continue
         model, _, value = item.rpartition(":")
         value = value.lower()
-        if value not in PRECISIONS:
-            raise SettingsError(f"{name}: {item!r} must be PRECISION or NAME:PRECISION, PRECISION one of "
-                                f"{', '.join(PRECISIONS)}")
+        if value not in var.choices:
+            raise SettingsError(f"{var.name}: {item!r} must be PRECISION or NAME:PRECISION, PRECISION one of "
+                                f"{', '.join(var.choices)}")
         if not model:
             if default is not None:
-                raise SettingsError(f"{name}={env.get(name)!r} gives more than one default precision")
+                raise SettingsError(f"{var.name}={raw!r} gives more than one default precision")
             default = value
         elif model in per_model:
-            raise SettingsError(f"{name}: model {model!r} is named twice")
+            raise SettingsError(f"{var.name}: model {model!r} is named twice")
         else:
             per_model[model] = value
-    return default or "auto", tuple(sorted(per_model.items()))
+    return default or var.default, tuple(sorted(per_model.items()))
+
+
+_READERS: dict[str, Callable[[Variable, str], Any]] = {
+    "path": _read_path, "text": _read_text, "choice": _read_choice, "int": _read_int, "float": _read_float,
+    "bool": _read_bool, "precision": _read_precision,
+}
 
 
 def backstop_timeout(timeout_s: float) -> float:
@@ -115,29 +177,102 @@ def backstop_timeout(timeout_s: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    models_dir: Path = REPO_ROOT / "models"
-    device: str = "auto"
-    cuda_device_id: int = 0
-    auth_token: str | None = None
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_input_pixels: int = 4096 * 4096
-    max_output_pixels: int = 8192 * 8192
-    max_n: int = 64
-    tile: int = 0
-    tile_overlap: int = -1
-    ort_threads: int = 0
-    workers: int = 1
-    threads: int = 4  # measured (make bench, serving): > 1 serves 16 clients 1.1-1.2x faster, same 1-client latency
-    batch_max: int = 0  # 0: AUTO_BATCH_MAX on CUDA, off on the CPU provider (service/loading.py)
-    max_concurrency: int = 32
-    timeout_s: float = 120.0
-    log_format: str = "text"
-    reload_poll_s: float = 0.0
-    ready_requires_all: bool = False
-    backend: str = "auto"  # GANFORGE_BACKEND
-    precision: str = "auto"  # GANFORGE_PRECISION's default
-    model_precision: tuple[tuple[str, str], ...] = ()  # its NAME:PRECISION entries
-    metrics: bool = True  # GANFORGE_METRICS
+    models_dir: Path = env_var(
+        "GANFORGE_MODELS_DIR", REPO_ROOT / "models", shown="`models/` beside `service/`",
+        help="""the folder of model folders to serve (docs/model-card.md). In a Bento the bundled `models/`
+        sits next to `service/`, so the default finds it there too""")
+    device: str = env_var(
+        "GANFORGE_DEVICE", "auto", choices=DEVICES,
+        help="""`auto`: CUDA when onnxruntime can use it, else the CPU; `cpu`: never CUDA; `cuda`: refuse
+        to start without a working CUDA provider. One info line at startup says why CUDA was or was not
+        tried""")
+    cuda_device_id: int = env_var("GANFORGE_CUDA_DEVICE_ID", 0, minimum=0, help="which GPU the CUDA provider uses")
+    auth_token: str | None = env_var(
+        "GANFORGE_AUTH_TOKEN", None, shown="unset",
+        help="""when set, every request needs `Authorization: Bearer <token>`, except health (`/livez`,
+        `/readyz`, `/healthz`), `/metrics` and the demo page's own files""")
+    max_upload_bytes: int = env_var(
+        "GANFORGE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1, shown="`20971520` (20 MiB)",
+        help="largest request body; a larger one: 413")
+    max_input_pixels: int = env_var(
+        "GANFORGE_MAX_INPUT_PIXELS", 4096 * 4096, minimum=1, shown="`16777216` (4096²)",
+        help="largest input image (width x height), checked from the image header before decoding: 413")
+    max_output_pixels: int = env_var(
+        "GANFORGE_MAX_OUTPUT_PIXELS", 8192 * 8192, minimum=1, shown="`67108864` (8192²)",
+        help="largest image the service will produce: 413")
+    max_n: int = env_var("GANFORGE_MAX_N", 64, minimum=1,
+                         help="largest `n` (and interpolation `steps`) for `/generate`")
+    tile: int = env_var(
+        "GANFORGE_TILE", 0, minimum=0,
+        help="""tile edge in input pixels for large images on `/upscale` and `/translate`; 0: the card's
+        `tiling.tile` (256 if the card has none)""")
+    tile_overlap: int = env_var(
+        "GANFORGE_TILE_OVERLAP", -1, minimum=-1,
+        help="tile overlap in input pixels; -1: the card's `tiling.overlap` (16 if the card has none)")
+    ort_threads: int = env_var(
+        "GANFORGE_ORT_THREADS", 0, minimum=0,
+        help="""inference threads per graph: onnxruntime's intra-op threads, OpenVINO's
+        INFERENCE_NUM_THREADS; 0: the runtime's default (one per physical core)""")
+    workers: int = env_var("GANFORGE_WORKERS", 1, minimum=1,
+                           help="BentoML worker processes (each loads every model once)")
+    threads: int = env_var(
+        "GANFORGE_THREADS", 4, minimum=1,
+        help="""requests a worker runs at once (BentoML `threads`): the decode and encode of one overlap
+        another's graph run, concurrent same-shaped requests batch, and a long upscale does not hold up
+        small requests (measured, make bench: 16 clients served 1.1-1.2x faster than with 1, the same
+        latency for one client); 1: strictly one at a time (least memory)""")
+    batch_max: int = env_var(
+        "GANFORGE_BATCH_MAX", 0, minimum=0, shown="`0` (auto)",
+        help="""adaptive batching: the most rows one graph run may merge from queued same-shaped requests
+        (`service/batching.py`; needs `GANFORGE_THREADS` > 1 to see them); 1: off; 0: auto, 16 on the
+        CUDA provider and off on the CPU provider (measured, make bench: there a merged run is no faster
+        per row for these models, and 16 clients got 0-10% fewer requests/s through with it)""")
+    max_concurrency: int = env_var(
+        "GANFORGE_MAX_CONCURRENCY", 32, minimum=1,
+        help="`/generate`, `/translate` and `/upscale` requests in flight per worker (uploads included) before 429")
+    timeout_s: float = env_var(
+        "GANFORGE_TIMEOUT_S", 120.0, minimum=1.0,
+        help="""the time an image request may take from its arrival ([Reliability](#reliability)): one that
+        its model's measured speed says cannot finish in it is refused at once (413 naming the size that
+        fits; 503 when it only waited too long), and one that runs past it, or whose client disconnects,
+        stops within one tile (504 / 503). BentoML's own timeout is a backstop above it""")
+    log_format: str = env_var(
+        "GANFORGE_LOG_FORMAT", "text", choices=LOG_FORMATS,
+        help="""`text`: BentoML's log lines; `json`: one JSON object per line with its `trace_id` and
+        `span_id` (`service/logs.py`). The container image sets `json`""")
+    reload_poll_s: float = env_var(
+        "GANFORGE_RELOAD_POLL_S", 0.0, minimum=0.0, shown="`0` (off)",
+        help="""every this many seconds each worker re-scans the models folder and swaps in changed models
+        ([Reliability](#reliability)); 0: off, `POST /admin/reload` reloads on demand""")
+    ready_requires_all: bool = env_var(
+        "GANFORGE_READY_REQUIRES_ALL", False,
+        help="""1: `/readyz` answers 503 while any model is unavailable; 0: ready once the worker is up,
+        unavailable models named in `/models`""")
+    backend: str = env_var(
+        "GANFORGE_BACKEND", "auto", choices=BACKENDS,
+        help="""what runs the graphs: `auto`: onnxruntime where its CUDA provider works, OpenVINO on the CPU
+        (onnxruntime if the `openvino` package is missing); `onnxruntime` (CUDA or CPU, as
+        `GANFORGE_DEVICE` says); `openvino` (the CPU; not with `GANFORGE_DEVICE=cuda`). A graph OpenVINO
+        cannot compile runs on onnxruntime (logged). `/models` says per model: backend, device, precision
+        and why""")
+    precision: str = env_var(
+        "GANFORGE_PRECISION", "auto", choices=PRECISIONS, kind="precision",
+        help="""which precision of each model runs. `auto`: bf16 where the backend is OpenVINO, the CPU has
+        native bf16 (AMX or AVX512-BF16) and the model's card has a passed bf16 gate (`variants.bf16`: >= 45
+        dB PSNR against fp32 on the worst measured input, written by `python -m training bf16 NAME`), else
+        fp32. `fp32`: always fp32 (the opt-out). `bf16`: as auto, but a fallback is logged as a warning.
+        `int8`: each model's int8 variant (made by `python -m training quantize NAME`) on the CPU, through
+        OpenVINO when it is the backend (4x onnxruntime's int8 here), else onnxruntime's CPU provider.
+        `fp16`: its fp16 variant on the CUDA provider (made by export; `make fp16` in a git clone). A comma
+        list sets it per model: `int8,colorize:fp32`, `srresnet-x4:int8`. A model without a usable
+        variant, or on the other device, serves fp32 and logs why; `/models` shows each model's `backend`,
+        `device`, `precision` and `precision_reason`""")
+    model_precision: tuple[tuple[str, str], ...] = ()  # GANFORGE_PRECISION's NAME:PRECISION entries
+    metrics: bool = env_var(
+        "GANFORGE_METRICS", True,
+        help="""1: ganforge's own per-model Prometheus series and trace spans (`service/telemetry.py`,
+        [Metrics](#metrics)) beside BentoML's; 0: not recorded (BentoML's `/metrics` stays), for measuring
+        what they cost (`python -m bench --only telemetry`)""")
 
     def precision_for(self, name: str) -> str:
         """The precision GANFORGE_PRECISION asks for model `name`."""
@@ -146,43 +281,86 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        device = env.get("GANFORGE_DEVICE", "auto").strip().lower() or "auto"
-        if device not in DEVICES:
-            raise SettingsError(f"GANFORGE_DEVICE={device!r} must be one of {', '.join(DEVICES)}")
-        models_dir = env.get("GANFORGE_MODELS_DIR", "").strip()
-        token = env.get("GANFORGE_AUTH_TOKEN", "")
-        log_format = env.get("GANFORGE_LOG_FORMAT", "text").strip().lower() or "text"
-        precision, model_precision = _precision(env, "GANFORGE_PRECISION")
-        backend = env.get("GANFORGE_BACKEND", "auto").strip().lower() or "auto"
-        if backend not in BACKENDS:
-            raise SettingsError(f"GANFORGE_BACKEND={backend!r} must be one of {', '.join(BACKENDS)}")
-        if backend == "openvino" and device == "cuda":
+        values = {var.field: var.read(env) for var in VARIABLES}
+        values["precision"], values["model_precision"] = values["precision"]
+        if values["backend"] == "openvino" and values["device"] == "cuda":
             raise SettingsError("GANFORGE_BACKEND=openvino runs on the CPU; it cannot be combined with "
                                 "GANFORGE_DEVICE=cuda (use GANFORGE_BACKEND=auto or onnxruntime)")
-        if log_format not in LOG_FORMATS:
-            raise SettingsError(f"GANFORGE_LOG_FORMAT={log_format!r} must be one of {', '.join(LOG_FORMATS)}")
-        return cls(
-            models_dir=Path(models_dir).expanduser().resolve() if models_dir else REPO_ROOT / "models",
-            device=device,
-            cuda_device_id=_int(env, "GANFORGE_CUDA_DEVICE_ID", 0, 0),
-            auth_token=token if token.strip() else None,
-            max_upload_bytes=_int(env, "GANFORGE_MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1),
-            max_input_pixels=_int(env, "GANFORGE_MAX_INPUT_PIXELS", cls.max_input_pixels, 1),
-            max_output_pixels=_int(env, "GANFORGE_MAX_OUTPUT_PIXELS", cls.max_output_pixels, 1),
-            max_n=_int(env, "GANFORGE_MAX_N", cls.max_n, 1),
-            tile=_int(env, "GANFORGE_TILE", 0, 0),
-            tile_overlap=_int(env, "GANFORGE_TILE_OVERLAP", -1, -1),
-            ort_threads=_int(env, "GANFORGE_ORT_THREADS", 0, 0),
-            workers=_int(env, "GANFORGE_WORKERS", 1, 1),
-            threads=_int(env, "GANFORGE_THREADS", cls.threads, 1),
-            batch_max=_int(env, "GANFORGE_BATCH_MAX", cls.batch_max, 0),
-            max_concurrency=_int(env, "GANFORGE_MAX_CONCURRENCY", cls.max_concurrency, 1),
-            timeout_s=_float(env, "GANFORGE_TIMEOUT_S", cls.timeout_s, 1.0),
-            log_format=log_format,
-            reload_poll_s=_float(env, "GANFORGE_RELOAD_POLL_S", 0.0, 0.0),
-            ready_requires_all=_bool(env, "GANFORGE_READY_REQUIRES_ALL", False),
-            backend=backend,
-            precision=precision,
-            model_precision=model_precision,
-            metrics=_bool(env, "GANFORGE_METRICS", True),
-        )
+        return cls(**values)
+
+
+VARIABLES: tuple[Variable, ...] = tuple(
+    dataclasses.replace(f.metadata["env"], field=f.name) for f in dataclasses.fields(Settings) if "env" in f.metadata)
+
+
+@functools.cache
+def settings() -> Settings:
+    """This process's settings: the environment read at the first call (SettingsError when a value is bad)."""
+    return Settings.from_env()
+
+
+# ------------------------------------------------------------------ the docs, generated
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = [f"| `{v.name}` | {v.default_text()} | {_cell(v.help)} |" for v in VARIABLES]
+    return "\n".join(["| variable | default | meaning |", "| --- | --- | --- |", *rows]) + "\n"
+
+
+def plain_text(width: int = 100) -> str:
+    """Every variable for a terminal: name, default, and the help without Markdown links."""
+    out = []
+    for v in VARIABLES:
+        text = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", v.help).replace("`", "")
+        default = v.default_text().replace("`", "")
+        out.append(f"{v.name} [{default}]\n" + textwrap.fill(text, width, initial_indent="    ",
+                                                               subsequent_indent="    "))
+    return "\n".join(out) + "\n"
+
+
+def with_table(readme: str) -> str:
+    """`readme` with the block between the env-table markers replaced by `markdown_table()`."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {TABLE_START} ... {TABLE_END} block")
+    return readme[:start + len(TABLE_START)] + "\n" + markdown_table() + readme[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service.config", description=__doc__.split("\n\n")[0])
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--markdown", action="store_true", help="print the README table")
+    what.add_argument("--write", action="store_true", help="rewrite the table in README.md")
+    what.add_argument("--check", action="store_true", help="exit 1 when README.md's table is stale")
+    p.add_argument("--readme", type=Path, default=README)
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+    elif args.write or args.check:
+        current = args.readme.read_text()
+        try:
+            fresh = with_table(current)
+        except ValueError as exc:
+            print(f"{args.readme}: {exc}", file=sys.stderr)
+            return 1
+        if args.check:
+            if fresh != current:
+                print(f"{args.readme}: the configuration table is stale: run python -m service.config --write",
+                      file=sys.stderr)
+                return 1
+            print(f"{args.readme}: the configuration table is up to date")
+        else:
+            args.readme.write_text(fresh)
+            print(f"wrote the configuration table in {args.readme}")
+    else:
+        print(plain_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -47,7 +47,7 @@ from . import deadline, telemetry
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from .config import Settings
+from .config import Settings, settings as process_settings
 from .errors import error_response
 from .ui import is_ui_path
 
@@ -244,7 +244,7 @@ async def check_multipart(scope: dict, body: bytes, receive) -> str | None:
 class GanforgeMiddleware:
     def __init__(self, app, settings: Settings | None = None) -> None:
         self.app = app
-        self.settings = settings if settings is not None else Settings.from_env()
+        self.settings = settings if settings is not None else process_settings()
         token = self.settings.auth_token
         self._expected = f"Bearer {token}".encode() if token else None
         self._in_flight = 0  # image-API requests in this worker; one event loop, so a plain int

@@ -38,7 +38,7 @@ from core import imaging as core_imaging
 
 from . import handlers, inference, telemetry, ui
 from .admission import BOOK
-from .config import Settings, backstop_timeout
+from .config import backstop_timeout, settings
 from .deadline import RequestCancelled
 from .errors import ApiError
 from .handlers import Interpolation
@@ -51,7 +51,7 @@ logger = logging.getLogger("bentoml.ganforge")
 
 # Decorator-time settings (workers, threads, traffic) come from the
 # environment when the module is imported, i.e. when `bentoml serve` starts.
-_BOOT = Settings.from_env()
+_BOOT = settings()
 use_log_format(_BOOT.log_format)  # BentoML set up its log handlers before importing this module
 cancel_timeout_timers()  # before BentoML builds the app: no request outlives its answer (service/upstream.py)
 
@@ -116,7 +116,7 @@ class Ganforge:
     """GAN generators on onnxruntime: generate, translate, upscale."""
 
     def __init__(self) -> None:
-        self.settings = Settings.from_env()
+        self.settings = settings()
         core_imaging.configure_pillow(self.settings.max_input_pixels)
         self.registry = ModelRegistry.load(self.settings)
         ready = sum(m.ready for m in self.registry.models.values())

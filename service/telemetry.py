@@ -52,7 +52,7 @@ from typing import Any, Iterator
 
 from opentelemetry import trace
 
-from .config import Settings, backstop_timeout
+from .config import backstop_timeout, settings
 
 NONE = "-"  # the model/version label of a request that never reached a model
 STAGES = ("queue", "decode", "compute", "encode", "process", "respond")
@@ -159,7 +159,7 @@ class Metrics:
 @functools.cache
 def metrics() -> Metrics:
     """This process's metric families; the duration buckets reach this worker's GANFORGE_TIMEOUT_S."""
-    return Metrics(Settings.from_env().timeout_s)
+    return Metrics(settings().timeout_s)
 
 
 @functools.cache

@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from service.config import settings
+
 from .run import SoakConfig, run_soak
 
 
@@ -53,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                              "against the median around its middle)")
     parser.add_argument("--out", type=Path, default=repo / "soak" / "results")
     args = parser.parse_args(argv)
-    import os
-    models = args.models or Path(os.environ.get("GANFORGE_MODELS_DIR") or repo / "models")
+    models = args.models or settings().models_dir  # GANFORGE_MODELS_DIR as the service reads it
     cfg = SoakConfig(models=models.resolve(), fixtures=args.fixtures, clients=args.clients, duration_s=args.duration,
                      kill_duration_s=args.kill_duration, burst=args.burst, max_concurrency=args.max_concurrency,
                      rss_flat=args.rss_flat, samples=repo / "samples", repo=repo)

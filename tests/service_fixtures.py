@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service import config
 from testkit.launcher import (  # noqa: F401  (re-exported for the tests)
     BENTOML,
     REPO,
@@ -120,6 +121,7 @@ class service_client:
         self._saved_env = {k: os.environ.get(k) for k in self.env}
         self._saved_service = sdk_service._current_service
         os.environ.update(self.env)
+        config.settings.cache_clear()  # the service reads its settings once per process: this app is a new "process"
         self._client = TestClient(Ganforge.to_asgi(), raise_server_exceptions=False)
         try:
             return self._client.__enter__()
@@ -138,6 +140,7 @@ class service_client:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        config.settings.cache_clear()
         if self._saved_service is not None:
             sdk_service.set_current_service(self._saved_service)
 

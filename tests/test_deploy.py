@@ -11,11 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import yaml
 
-from service.config import Settings, SettingsError
+from service.config import VARIABLES, Settings, SettingsError
 from service.logs import JsonFormatter
 from service_fixtures import REPO, service_client, write_fixture_models
 
@@ -57,11 +58,59 @@ def test_deployment_shape():
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 10
 
 
-def test_image_is_what_make_container_gpu_builds():
+def _container_module():
     spec = importlib.util.spec_from_file_location("deploy_container", REPO / "deploy" / "container.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_image_is_what_make_container_gpu_builds():
+    module = _container_module()
     assert _container()["image"].split(":")[0] == module.IMAGE_NAMES["gpu"]
+
+
+def test_image_requirements_are_pyprojects_pins():
+    """pyproject.toml is the only place the serving versions are written: each bentofile names its generated
+    requirements file, which must equal what pyproject.toml gives now (python deploy/container.py requirements)."""
+    module = _container_module()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    onnxruntime = next(d for d in pyproject if d.startswith("onnxruntime-gpu=="))
+    for variant, bentofile in module.BENTOFILES.items():
+        python = yaml.safe_load((REPO / bentofile).read_text())["python"]
+        assert python == {"requirements_txt": module.REQUIREMENTS[variant], "lock_packages": False}, bentofile
+        committed = (REPO / module.REQUIREMENTS[variant]).read_text()
+        assert committed == module.requirements_text(variant), \
+            f"{module.REQUIREMENTS[variant]} is stale: run python deploy/container.py requirements"
+        pins = [line for line in committed.splitlines() if line and not line.startswith("#")]
+        assert [p for p in pins if not p.startswith("onnxruntime")] == [d for d in pyproject if d != onnxruntime]
+        assert module.ONNXRUNTIME_BUILDS[variant] + onnxruntime.removeprefix("onnxruntime-gpu") in pins
+        assert not any("torch" in p for p in pins)
+    assert module.write_requirements(check=True) == 0
+
+
+def test_image_requirements_follow_a_changed_pin(tmp_path):
+    module = _container_module()
+    pyproject = tmp_path / "pyproject.toml"
+    text = (REPO / "pyproject.toml").read_text()
+    bumped = re.sub(r'"(onnxruntime-gpu|bentoml)==[^"]+"', r'"\1==9.9.9"', text)
+    pyproject.write_text(bumped)
+    assert "onnxruntime-gpu[cuda,cudnn]==9.9.9" in module.requirements_text("gpu", pyproject).splitlines()
+    cpu = module.requirements_text("cpu", pyproject)
+    assert {"onnxruntime==9.9.9", "bentoml==9.9.9"} <= set(cpu.splitlines())
+    assert cpu != (REPO / module.REQUIREMENTS["cpu"]).read_text()
+    pyproject.write_text(text.replace('"onnxruntime-gpu==', '"onnxruntime-other=='))
+    with pytest.raises(module.ContainerError, match="onnxruntime-gpu"):
+        module.requirements_text("cpu", pyproject)
+
+
+def test_staged_build_context_installs_pyprojects_pins(tmp_path):
+    """`make container` builds from a staged context: its requirements are derived from pyproject.toml there."""
+    module = _container_module()
+    (tmp_path / "models").mkdir()
+    bentofile = module.stage_context(tmp_path / "ctx", "gpu", tmp_path / "models", base=None)
+    python = yaml.safe_load(bentofile.read_text())["python"]
+    assert (bentofile.parent / python["requirements_txt"]).read_text() == module.requirements_text("gpu")
 
 
 def test_service_routes_to_the_container_port():
@@ -76,8 +125,8 @@ def test_service_routes_to_the_container_port():
 def test_environment_is_settings_the_service_reads():
     env = _container()["env"]
     names = [e["name"] for e in env]
-    config_doc = (REPO / "service" / "config.py").read_text()
-    assert all(name.startswith("GANFORGE_") and f"| {name} " in config_doc for name in names), names
+    declared = {v.name for v in VARIABLES}  # the one declaration (service/config.py) the docs are generated from
+    assert all(name.startswith("GANFORGE_") and name in declared for name in names), names
     literal = {e["name"]: e["value"] for e in env if "value" in e}
     Settings.from_env(literal)  # raises SettingsError on a value the service refuses
     token = next(e for e in env if e["name"] == "GANFORGE_AUTH_TOKEN")
