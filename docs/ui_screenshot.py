@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # service.launcher, also without the editable install
+sys.path.insert(0, str(REPO))  # testkit.launcher, also without the editable install
 
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
