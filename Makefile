@@ -12,7 +12,7 @@ PORT   ?= 3000
 help:
 	@echo "make serve    run the service on the models in models/ (http://127.0.0.1:$(PORT))"
 	@echo "make test     create $(VENV), install everything the tests need, run pytest"
-	@echo "make browser  apt-get install chromium for tests/test_ui.py (root; a no-op when it is there)"
+	@echo "make browser  apt-get install chromium for tests/service/test_ui.py (root; a no-op when it is there)"
 	@echo "make prometheus  apt-get install prometheus (+ promtool) for the real scrape test (root; a no-op when there)"
 	@echo "make data     build the default datasets from Debian packages into data/"
 	@echo "make models   retrain, export and evaluate the whole default zoo (hours on a CPU)"
@@ -55,13 +55,13 @@ else \
 fi
 endef
 
-# Debian's chromium for tests/test_ui.py (Playwright drives it; `playwright install` cannot
+# Debian's chromium for tests/service/test_ui.py (Playwright drives it; `playwright install` cannot
 # download browsers here).
 CHROMIUM ?= /usr/bin/chromium
 browser:
-	@if [ -x "$(CHROMIUM)" ]; then :; else $(call apt_install,chromium,tests/test_ui.py); fi
+	@if [ -x "$(CHROMIUM)" ]; then :; else $(call apt_install,chromium,tests/service/test_ui.py); fi
 
-# Debian's prometheus (and promtool) for tests/test_metrics_scrape.py and tests/test_deploy.py's rule checks.
+# Debian's prometheus (and promtool) for tests/service/test_metrics_scrape.py and tests/deploy/test_deploy.py's rule checks.
 PROMETHEUS ?= /usr/bin/prometheus
 prometheus:
 	@if [ -x "$(PROMETHEUS)" ] && command -v promtool >/dev/null 2>&1; then :; \
@@ -138,7 +138,7 @@ container container-gpu:
 # every endpoint against the in-process service, /metrics, logs and SIGTERM, then removes it.
 container-test: $(VENV)/.stamp-dev container-engine
 	GANFORGE_CONTAINER_TEST=1 GANFORGE_CA_BUNDLE=$(CA_BUNDLE) GANFORGE_CONTAINER_ENGINE=$(ENGINE) \
-	  $(PY) -m pytest tests/test_container.py -rs -s --timeout=1800
+	  $(PY) -m pytest tests/deploy/test_container.py -rs -s --timeout=1800
 
 # podman + runc + debootstrap from apt when no engine works (root; a no-op otherwise): deploy/podman-setup.sh
 container-engine:

@@ -4,7 +4,7 @@
 # podman + runc + debootstrap (~15 s), and /etc/containers/containers.conf when there is none,
 # with what ../shared/CONTAINERS.md measured: runc (crun refuses hybrid cgroups) and ulimits
 # within this machine's hard limits (podman's defaults exceed them without CAP_SYS_RESOURCE).
-# Never fails: where it cannot install, it says why and tests/test_container.py skips, saying so.
+# Never fails: where it cannot install, it says why and tests/deploy/test_container.py skips, saying so.
 set -u
 if { command -v docker >/dev/null && docker info >/dev/null 2>&1; } ||
    { command -v podman >/dev/null && podman info >/dev/null 2>&1 && command -v debootstrap >/dev/null; }; then

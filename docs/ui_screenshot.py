@@ -2,7 +2,7 @@
 
 Starts a real `bentoml serve` on --models (testkit.launcher.running_server),
 opens /ui in Debian's headless chromium through Playwright (the browser and
-launch arguments of tests/test_ui.py), and works the page's own controls: the
+launch arguments of tests/service/test_ui.py), and works the page's own controls: the
 translate endpoint, the `colorize` model, the grayscale photo
 samples/flower-gray-256.png, Run. Once the page shows the result it writes a
 full-page PNG (1280x860 viewport) to --out, atomically (a temp file in the same
@@ -36,7 +36,7 @@ from playwright.sync_api import expect, sync_playwright
 from testkit.launcher import running_server
 
 CHROMIUM = Path(os.environ.get("GANFORGE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [  # as tests/test_ui.py
+CHROMIUM_ARGS = [  # as tests/service/test_ui.py
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]

@@ -42,7 +42,7 @@ def _srgan(data: Mapping[str, Any]) -> dict[str, Any]:
             "loss": {"stage": "pretrain"}}
 
 
-# family -> its tiny config without `train`; tests/test_registry.py fails for a registered family missing here
+# family -> its tiny config without `train`; tests/training/test_registry.py fails for a registered family missing here
 TINY: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "dcgan": _dcgan, "pix2pix": _pix2pix, "cyclegan": _cyclegan, "srgan": _srgan}
 

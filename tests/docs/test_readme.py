@@ -20,7 +20,7 @@ from PIL import Image
 
 from service_fixtures import running_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 MODELS = REPO / "models"
 

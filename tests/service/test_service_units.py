@@ -22,7 +22,7 @@ from service.registry import ModelRegistry
 from core.tiling import tile_and_blend, tile_starts
 from service_fixtures import animated_gif, encode, png_claiming_size, synthetic_photo, write_fixture_models
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -315,7 +315,7 @@ def _copy_models(src: Path, dst: Path) -> Path:
 def test_registry_loads_fixtures_on_cpu(svc_unit_models):
     reg = ModelRegistry.load(cpu_settings(svc_unit_models))
     assert sorted(reg.models) == ["edges2color", "fashion-dcgan", "shoe2boot", "srresnet-x4"]
-    # GANFORGE_BACKEND auto on the CPU: OpenVINO (tests/test_backends.py); device CPU either way
+    # GANFORGE_BACKEND auto on the CPU: OpenVINO (tests/core/test_backends.py); device CPU either way
     assert all(m.ready and m.device == "cpu" and m.provider in ("CPUExecutionProvider", "OpenVINO:CPU")
                for m in reg.models.values())
     assert reg.get("shoe2boot").directions == ("a2b", "b2a")

@@ -17,7 +17,7 @@ from training.data import (
     build_dataset, load_image, read_idx,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rng(seed: int = 0) -> np.random.Generator:

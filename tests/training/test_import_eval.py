@@ -1,5 +1,5 @@
 """Imported models (a card with `provenance`, no `training` block): `python -m training eval` measures them on
-held-out photos by endpoint; `init_from` starts a run from imported weights (tests/test_training.py has the rest)."""
+held-out photos by endpoint; `init_from` starts a run from imported weights (tests/training/test_training.py has the rest)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from training import evaluate as ev
 from training import eval_cli
 from testkit.fixtures import fixture_card, image_graph, write_onnx
 
-ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" / "sr"
+ANCHORS = Path(__file__).resolve().parents[3] / "shared" / "anchors" / "sr"
 
 
 def quiet(*args, **kwargs) -> None:

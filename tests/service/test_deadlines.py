@@ -220,7 +220,7 @@ def write_slow_model(models) -> None:
     files = {"generator": write_onnx(folder, "generator.onnx", heavy_upscaler())}
     rgb = {"range": [-1.0, 1.0], "channels": 3}
     write_card(folder, fixture_card(
-        "slow-x4", "upscale", "srgan", "a heavy x4 upscaler with small tiles (tests/test_deadlines.py)", files,
+        "slow-x4", "upscale", "srgan", "a heavy x4 upscaler with small tiles (tests/service/test_deadlines.py)", files,
         graph=image_graph(3, 3, ["N", 3, "H*4", "W*4"]), input={**rgb, "multiple_of": 1, "min_size": 8,
                                                                 "native_size": None},
         output={**rgb, "scale": 4}, tiling={"tile": SLOW_TILE, "overlap": SLOW_OVERLAP}))

@@ -13,7 +13,7 @@ import pytest
 from service import config
 from service.config import VARIABLES, Settings, SettingsError, settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_readme_table_is_generated_from_the_declaration():

@@ -12,7 +12,7 @@ from contract import SCHEMA_VERSION, Card, CardError
 from contract import folder as mf
 from contract.schema import SCHEMA_FILE, card_schema, schema_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # the served folders: dot folders (an export's .NAME.prev rollback copy, staging) are never served
 SHIPPED = sorted(p for p in (REPO / "models").glob("*/card.json") if not p.parent.name.startswith("."))
 

@@ -284,7 +284,7 @@ def test_sample_sheets_and_metrics_table(models, tiny_datasets, classifier_cache
 
 def test_data_config_defaults_only_for_models_without_a_training_run(tmp_path):
     """A card with a training block but no data section stays an error; a card without one (imported) gets the
-    held-out photos by endpoint (tests/test_import_eval.py measures such models)."""
+    held-out photos by endpoint (tests/training/test_import_eval.py measures such models)."""
     from testkit.fixtures import write_fixture_models
 
     folders = write_fixture_models(tmp_path / "models")

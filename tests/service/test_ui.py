@@ -28,7 +28,7 @@ from playwright.sync_api import expect, sync_playwright
 from service_fixtures import encode, running_server, synthetic_photo, write_fixture_models
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("GANFORGE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

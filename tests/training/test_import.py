@@ -20,7 +20,7 @@ from service_fixtures import running_server, service_client
 from testkit.tiny import drift_onnxruntime
 from training.__main__ import main as cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "samples" / "wood-128.png"  # a real photo
 PHOTO_256 = REPO / "samples" / "flower-256.jpg"  # a real photo of the U-Net's 256 px
 
