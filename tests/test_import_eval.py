@@ -75,7 +75,9 @@ def imported(tmp_path_factory) -> Path:
 
 def run_eval(folder: Path, data_root, **kw) -> dict:
     before = verify_model_dir(folder)
-    result = ev.evaluate_model(folder, data_root=str(data_root) if data_root else None, log=quiet, **kw)
+    options = ev.EvalOptions(name=folder.name, models=folder.parent, data_root=str(data_root) if data_root else None,
+                             **kw)
+    result = ev.evaluate_model(options, log=quiet)
     card = verify_model_dir(folder, deep=True)
     assert card.metrics.heldout == json.loads(json.dumps(result))
     assert card.provenance == before.provenance and card.training is None and card.version == before.version
