@@ -175,7 +175,8 @@ def bench_one(key: str, root: Path, size: int, runs: int, fp16: bool,
     lines: list[str] = []
     t0 = time.perf_counter()
     try:
-        result = import_weights([path], key, root / "models", ImportOptions(fp16=fp16), log=lines.append)
+        result = import_weights(ImportOptions(file=path, name=key, out=root / "models", fp16=fp16),
+                                log=lines.append)
     except Exception as e:  # noqa: BLE001 - a refusal is a row too
         row.update(import_s=round(time.perf_counter() - t0, 1), error=f"{type(e).__name__}: {e}"[:400])
         return row

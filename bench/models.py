@@ -100,7 +100,7 @@ def export_default(name: str, out: Path, tiny: bool, exporter: str, log=print) -
 
     from training import checkpoint as ckpt
     from training.config import load_config
-    from training.export import export_checkpoint
+    from training.export import ExportOptions, export_checkpoint
     from training.registry import get_recipe_class
     from training.train import init_seed
 
@@ -120,8 +120,10 @@ def export_default(name: str, out: Path, tiny: bool, exporter: str, log=print) -
     ckpt.save(path, {"family": cfg.family, "config": cfg.to_dict(), "step": 0, "meta": meta, **recipe.state_dict()})
     # data_root: a path that does not exist, so parity runs on random inputs only (no dataset needed)
     with contextlib.redirect_stdout(io.StringIO()):
-        export_checkpoint(path, name, out, exporter=exporter, fp16=False, data_root=str(out / ".no-data"),
-                          description=f"bench: {name} default config{' (tiny)' if tiny else ''}, random init",
+        export_checkpoint(ExportOptions(checkpoint=path, name=name, out=out, exporter=exporter, fp16=False,
+                                        data_root=str(out / ".no-data"),
+                                        description=f"bench: {name} default config{' (tiny)' if tiny else ''}, "
+                                                    "random init"),
                           log=lambda *a: None)
     shutil.rmtree(out / f".{name}.prev", ignore_errors=True)  # export keeps the replaced version for rollback
     stamp.write_text(key)

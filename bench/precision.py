@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,13 @@ def int8_variant(model: BenchModel, profile: Profile, log) -> tuple[dict[str, Pa
         log(f"  {model.name}: quantizing (no variants.int8 in its card) ...")
         quiet = lambda *a: None  # noqa: E731
         card = Card.from_dict(model.card)
+        opts = tq.QuantizeOptions(name=model.name, models=model.folder.parent, per_channel=True,
+                                  min_psnr=tq.DEFAULT_MIN_PSNR, data_root=None, rounds=1, **sizes)
         try:
-            variant = to_plain(tq.build_variant(model.folder, card, folder, per_channel=True,
-                                                min_psnr=tq.DEFAULT_MIN_PSNR, data_root=None, rounds=1, log=quiet,
-                                                **sizes))
+            variant = to_plain(tq.build_variant(model.folder, card, folder, opts, log=quiet))
             variant["gate_ok"] = True
         except tq.QuantizeError:
-            variant = to_plain(tq.build_variant(model.folder, card, folder, per_channel=True, min_psnr=0.0,
-                                                data_root=None, rounds=1, log=quiet, **sizes))
+            variant = to_plain(tq.build_variant(model.folder, card, folder, replace(opts, min_psnr=0.0), log=quiet))
             variant["gate_ok"] = False
         meta_path.write_text(json.dumps(variant, default=str))
     variant = json.loads(meta_path.read_text())

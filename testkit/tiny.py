@@ -79,8 +79,8 @@ def export_tiny_models(data: dict[str, Path], runs: Path, out: Path, log, srgan_
         if family == "srgan" and srgan_generator:
             raw["model"]["generator"].update(srgan_generator)
         run = train(load_config(None, raw=raw), out_dir=runs / family, log=log)
-        ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], f"tiny-{family}", out, exporter="torchscript",
-                             fp16=False, log=log)
+        ex.export_checkpoint(ex.ExportOptions(checkpoint=ckpt.list_checkpoints(run)[-1], name=f"tiny-{family}",
+                                              out=out, exporter="torchscript", fp16=False), log=log)
     return out
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +35,7 @@ from contract.folder import (LockBusy, ModelDirError, check_name, model_lock, sh
                              verify_model_dir, write_card)
 from contract.typed import to_plain
 
+from .cli import options_from_args
 from .quantize import compare, role_inputs, role_output, time_pair
 
 GATE_DB = 45.0
@@ -117,7 +120,23 @@ def measure_role(folder: Path, card: Card, role: str, count: int, rounds: int, d
             "source": source, "fp32_ms": ms["fp32"], "bf16_ms": ms["bf16"], "input_shape": shape}
 
 
-def bf16_variant(folder: Path, card: Card, count: int = 8, rounds: int = 7, data_root: str | None = None,
+@dataclass(frozen=True, kw_only=True)
+class Bf16Options:
+    """`python -m training bf16 NAME... ` (its --help says what each does)."""
+    names: Sequence[str]  # the models' folders under `models`
+    models: str | Path = "models"
+    count: int = 8  # inputs per size (generators: per batch)
+    rounds: int = 7  # timed rounds per precision
+    gate: float = GATE_DB  # PSNR (dB) of bf16 vs fp32 on the worst input for bf16 to serve
+    data_root: str | None = None
+    dry_run: bool = False  # measure, write nothing
+
+    def check(self) -> None:
+        if min(self.count, self.rounds) < 1:
+            raise ValueError("--count and --rounds must be >= 1")
+
+
+def bf16_variant(folder: Path, card: Card, *, count: int = 8, rounds: int = 7, data_root: str | None = None,
                  gate_db: float = GATE_DB, log: Callable[[str], Any] = print) -> Variant:
     """The `variants.bf16` entry for the graphs in `folder` (its card `card`); writes nothing.
 
@@ -145,20 +164,25 @@ def bf16_variant(folder: Path, card: Card, count: int = 8, rounds: int = 7, data
     return Variant(produced="measure", note=note, extra=extra)
 
 
-def record_bf16(name: str, models: str | Path = "models", count: int = 8, rounds: int = 7,
-                data_root: str | None = None, gate_db: float = GATE_DB, dry_run: bool = False,
-                log: Callable[[str], Any] = print) -> dict[str, Any]:
+def record_bf16(opts: Bf16Options, log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
+    """Measure every named model and write `variants.bf16` into its card; returns {name: the entry (JSON)}."""
+    opts.check()
+    return {name: record_one(name, opts, log) for name in opts.names}
+
+
+def record_one(name: str, opts: Bf16Options, log: Callable[[str], Any]) -> dict[str, Any]:
     """Measure models/NAME and write `variants.bf16` into its card (under its lock); returns the entry (JSON)."""
-    models = Path(models)
+    models, gate_db = Path(opts.models), opts.gate
     folder = models / check_name(name)
     card = verify_model_dir(folder, deep=False)
     log(f"{name}: OpenVINO bf16 against fp32 ({card.version})")
-    variant = bf16_variant(folder, card, count, rounds, data_root, gate_db, log)
+    variant = bf16_variant(folder, card, count=opts.count, rounds=opts.rounds, data_root=opts.data_root,
+                           gate_db=gate_db, log=log)
     extra = variant.extra
     verdict = "passed" if extra["passed"] else "FAILED (the service keeps fp32)"
     log(f"{name}: {extra['psnr_vs_fp32_db']:.2f} dB pooled, worst input {extra['psnr_vs_fp32_db_min']:.2f} dB: "
         f"gate {gate_db:g} dB {verdict}; x{extra['speedup']:.2f} faster than fp32 on OpenVINO here")
-    if dry_run:
+    if opts.dry_run:
         log("dry run: nothing written")
         return to_plain(variant)
     with model_lock(models, name, wait=True):
@@ -177,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training bf16",
                                 description="Measure OpenVINO bf16 against fp32 on a published model and record "
                                             "the gate in its card (variants.bf16; only card.json changes).")
-    p.add_argument("name", nargs="+", help="model name(s) (folders under --models)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="model name(s) (folders under --models)")
     p.add_argument("--models", default="models", help="the models folder (default: models)")
     p.add_argument("--count", type=int, default=8, help="inputs per size (default 8; generators: per batch)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per precision (default 7)")
@@ -190,13 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if min(args.count, args.rounds) < 1:
-        print("error: --count and --rounds must be >= 1", file=sys.stderr)
-        return 2
+    opts = options_from_args(Bf16Options, build_parser().parse_args(argv))
     try:
-        for name in args.name:
-            record_bf16(name, args.models, args.count, args.rounds, args.data_root, args.gate, args.dry_run)
+        record_bf16(opts)
     except (Bf16Error, ModelDirError, LockBusy, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

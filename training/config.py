@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from contract.typed import from_plain, hints
+
 
 @dataclass
 class TrainConfig:
@@ -68,7 +70,10 @@ def to_plain(obj: Any) -> Any:
 
 
 def coerce(cls, values: dict[str, Any], where: str):
-    """Build dataclass `cls` from a dict, refusing unknown keys (typos must not pass silently)."""
+    """Build dataclass `cls` from a dict, refusing unknown keys (typos must not pass silently); each value is
+    read against its field's annotation by the card's reader (contract.typed.from_plain: ints widened to
+    floats, lists to tuples, a wrong type named by its dotted key). A field typed by a dataclass, or Any, is
+    passed as given: the class's __post_init__ types it (a generator's config is chosen by its `arch`)."""
     if values is None:
         values = {}
     if dataclasses.is_dataclass(values):
@@ -77,20 +82,13 @@ def coerce(cls, values: dict[str, Any], where: str):
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for k, v in values.items():
-        default = getattr(cls(), k) if _has_defaults(cls) else None
-        if isinstance(default, tuple) and isinstance(v, list):
-            v = tuple(v)
-        elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        kwargs[k] = v
-    return cls(**kwargs)
+    types = hints(cls)
+    return cls(**{k: v if _typed_by_the_class(types[k]) else from_plain(types[k], v, f"{where}.{k}")
+                  for k, v in values.items()})
 
 
-def _has_defaults(cls) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-               for f in dataclasses.fields(cls))
+def _typed_by_the_class(tp: Any) -> bool:
+    return tp is Any or dataclasses.is_dataclass(tp)
 
 
 def parse_value(text: str) -> Any:

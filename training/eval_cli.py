@@ -11,7 +11,8 @@ import yaml
 from contract import CardError
 from contract.folder import ModelDirError
 
-from .evaluate import DEFAULT_ANCHORS, EvalError, evaluate_model
+from .cli import options_from_args
+from .evaluate import DEFAULT_ANCHORS, EvalError, EvalOptions, evaluate_model
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-cache", default="runs/classifier",
                    help="where the Fashion-MNIST classifier is cached (default: runs/classifier)")
     p.add_argument("--classifier-steps", type=int, help="classifier training steps (default: 1000)")
-    p.add_argument("--anchors", default=str(DEFAULT_ANCHORS), help="folder of FSRCNN/ESPCN/LapSRN .pb files")
-    p.add_argument("--data", type=_override, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--anchors", dest="anchors_dir", metavar="DIR", default=str(DEFAULT_ANCHORS),
+                   help="folder of FSRCNN/ESPCN/LapSRN .pb files")
+    p.add_argument("--data", dest="data_overrides", type=_override, action="append", default=[],
+                   metavar="KEY=VALUE",
                    help="change a key of the dataset config, e.g. --data crop_size=128 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="print the figures, leave the card as it is")
@@ -47,16 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    opts = options_from_args(EvalOptions, build_parser().parse_args(argv))
     try:
-        result = evaluate_model(Path(args.models) / args.name, args.data_root, args.limit, args.classifier_cache,
-                                args.classifier_steps, args.crop, args.samples_per_class, args.anchors,
-                                args.seed, write=not args.dry_run,
-                                data_overrides=dict(args.data))
+        result = evaluate_model(opts)
     except (EvalError, ModelDirError, CardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
-    if not args.dry_run:
-        print(f"wrote metrics.heldout into {Path(args.models) / args.name / 'card.json'}")
+    if not opts.dry_run:
+        print(f"wrote metrics.heldout into {Path(opts.models) / opts.name / 'card.json'}")
     return 0

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -517,14 +517,29 @@ def eval_translate_photos(job: EvalJob) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ driver
 
-def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: int | None = None,
-                   classifier_cache: str | Path = "runs/classifier", classifier_steps: int | None = None,
-                   crop: int = 512, samples_per_class: int = 100, anchors_dir: str | Path | None = DEFAULT_ANCHORS,
-                   seed: int = 0, write: bool = True, log=print,
-                   data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate OUT/NAME on its held-out split; returns (and by default writes) `metrics.heldout`.
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """`python -m training eval NAME ...` (its --help says what each does)."""
+    name: str  # the model's folder under `models`
+    models: str | Path = "models"
+    data_root: str | None = None  # dataset root (default: the one in the card's training config)
+    limit: int | None = None  # at most this many held-out images (per domain for cyclegan)
+    crop: int = 512  # upscale: centre crop of each held-out photo, in HR pixels (0: the whole photo, tiled)
+    samples_per_class: int = 100  # generate
+    classifier_cache: str | Path = "runs/classifier"  # where the Fashion-MNIST classifier is cached
+    classifier_steps: int | None = None  # its training steps (default: ClassifierConfig's)
+    anchors_dir: str | Path | None = DEFAULT_ANCHORS  # FSRCNN/ESPCN/LapSRN .pb files (None: no peers)
+    data_overrides: Sequence[tuple[str, Any]] = ()  # (key, value) of the dataset config to change, e.g. crop_size
+    seed: int = 0
+    dry_run: bool = False  # return the figures, leave the card as it is
+
+
+def evaluate_model(opts: EvalOptions, log=print) -> dict[str, Any]:
+    """Evaluate MODELS/NAME on its held-out split; returns (and unless `dry_run` writes) `metrics.heldout`.
     data_overrides: dataset config keys to change (e.g. crop_size, to measure the way an older card was)."""
-    model_dir = Path(model_dir)
+    model_dir = Path(opts.models) / opts.name
+    limit, seed, anchors_dir = opts.limit, opts.seed, opts.anchors_dir
+    data_overrides = dict(opts.data_overrides)
     try:
         verify_model_dir(model_dir)
     except ModelDirError as e:
@@ -533,23 +548,23 @@ def evaluate_model(model_dir: str | Path, data_root: str | None = None, limit: i
         raise EvalError(f"--limit must be >= 1, got {limit}")
     served = load_served(model_dir)
     card = served.card
-    data = {**data_config(card, data_root), **(data_overrides or {})}
+    data = {**data_config(card, opts.data_root), **data_overrides}
     evaluator = evaluator_for(card, data)
     log(f"evaluating {model_dir.name} ({card.family}, version {card.version}) on {data.get('root')} (test split)")
-    job = EvalJob(served, data, limit=limit, crop=crop, anchors_dir=Path(anchors_dir) if anchors_dir else None,
-                  samples_per_class=samples_per_class, seed=seed, classifier_cache=Path(classifier_cache),
-                  classifier_steps=classifier_steps, log=log)
+    job = EvalJob(served, data, limit=limit, crop=opts.crop, anchors_dir=Path(anchors_dir) if anchors_dir else None,
+                  samples_per_class=opts.samples_per_class, seed=seed, classifier_cache=Path(opts.classifier_cache),
+                  classifier_steps=opts.classifier_steps, log=log)
     result = evaluator(job)
     note = measured_note(card, data)
     if note:
         result["measured"] = note
     if data_overrides:
-        result["data_overrides"] = dict(data_overrides)
+        result["data_overrides"] = data_overrides
     result.update(split="test", data_root=shown_path(data.get("root")),
                   runtime=f"onnxruntime {served.provider} {served.precision} (the service's pipeline)",
                   model_version=card.version, seed=seed,
                   evaluated_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    if write:
+    if not opts.dry_run:
         write_heldout(model_dir, card.version, result)
     return result
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,21 @@ from contract.folder import (LockBusy, ModelDirError, NotPublished, check_name, 
                              staged_version, utc_now, utc_stamp, verify_model_dir, write_bytes_durably,
                              write_card_durably)
 
+from .cli import options_from_args
 from .export.options import ExportError
 from .export.parity import cpu_session, max_abs_diff, parity_sizes
 from .rewrites import resize_as_conv
 
 TOLERANCE = 1e-4  # fp32 reassociation only (measured 5e-7); anything larger is a wrong rewrite
 REWRITES = {"resize_as_conv": resize_as_conv}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizeOptions:
+    """`python -m training optimize NAME ...` (its --help says what each does)."""
+    name: str  # the model's folder under `models`
+    models: str | Path = "models"
+    dry_run: bool = False  # rewrite and check, publish nothing
 
 
 def optimize_graph(path: Path) -> dict[str, int]:
@@ -121,9 +131,9 @@ def restamp(staging: Path, card: Card, done: dict[str, Any], worst: float) -> No
     verify_model_dir(staging, deep=True)
 
 
-def optimize_model(name: str, models: str | Path = "models", dry_run: bool = False, log=print) -> dict[str, Any]:
+def optimize_model(opts: OptimizeOptions, log=print) -> dict[str, Any]:
     """Rewrite models/NAME's fp32 graphs, check and publish; returns {role: counts} (empty: nothing to do)."""
-    models = Path(models)
+    name, models, dry_run = opts.name, Path(opts.models), opts.dry_run
     folder = models / check_name(name)
     done: dict[str, Any] = {}
     with staged_version(models, name, log=lambda m: print(m, file=sys.stderr)) as staging:
@@ -155,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    opts = options_from_args(OptimizeOptions, build_parser().parse_args(argv))
     try:
-        optimize_model(args.name, args.models, args.dry_run)
+        optimize_model(opts)
     except (ExportError, ModelDirError, LockBusy, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

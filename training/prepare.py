@@ -45,6 +45,8 @@ from PIL import Image, ImageOps
 
 from contract.folder import sha256_file
 
+from .cli import options_from_args
+
 NAMES = ("fashion-mnist", "photos")
 
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
@@ -295,18 +297,26 @@ def _build_photos(fetch: Fetch, cache: Path, work: Path, staging: Path) -> tuple
 BUILDERS = {"fashion-mnist": _build_fashion_mnist, "photos": _build_photos}
 
 
-def prepare(name: str, out: str | Path = "data", *, force: bool = False,
-            fetch: Fetch = fetch_package) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    """`python -m training prepare NAME ...` (its --help says what each does)."""
+    name: str  # the dataset: one of NAMES
+    out: str | Path = "data"  # the data root: the dataset goes to OUT/NAME
+    force: bool = False  # rebuild even if the manifest is complete
+
+
+def prepare(opts: PrepareOptions, *, fetch: Fetch = fetch_package) -> Path:
     """Build dataset ``name`` into ``out/name`` (atomically) and return that folder.
 
     A no-op when ``out/name/manifest.json`` is complete, unless ``force``.
     ``fetch`` is the package source (tests pass a fake one).
     """
+    name = opts.name
     if name not in BUILDERS:
         raise PrepareError(f"unknown dataset {name!r}; choose from {', '.join(NAMES)}")
-    out = Path(out)
+    out = Path(opts.out)
     target = out / name
-    if not force and manifest_complete(target):
+    if not opts.force and manifest_complete(target):
         print(f"{target} is already prepared (manifest complete); nothing to do", file=sys.stderr)
         return target
     out.mkdir(parents=True, exist_ok=True)
@@ -336,27 +346,25 @@ def prepare(name: str, out: str | Path = "data", *, force: bool = False,
 
 # ---------------------------------------------------------------- CLI
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training prepare",
+                                     description="Build a default dataset (fashion-mnist, photos) from Debian "
+                                                 "packages, with a held-out split and a manifest.")
     parser.add_argument("name", choices=NAMES, help="dataset to build")
     parser.add_argument("--out", type=Path, default=Path("data"), help="data root (default: data)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest is complete")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        path = prepare(args.name, args.out, force=args.force)
-    except PrepareError as e:
-        print(f"prepare {args.name}: {e}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training prepare",
-                                     description="Build a default dataset from Debian packages.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    opts = options_from_args(PrepareOptions, build_parser().parse_args(argv))
+    try:
+        path = prepare(opts)
+    except PrepareError as e:
+        print(f"prepare {opts.name}: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from contract.folder import (LockBusy, ModelDirError, check_name, file_entry, fs
                              utc_stamp, verify_model_dir, write_card)
 from contract.typed import to_plain
 
+from .cli import options_from_args
 from .export.options import ExportError
 from .export.parity import fit_image, max_abs_diff
 from .metrics import psnr_from_mse
@@ -264,9 +265,11 @@ def machine() -> dict[str, Any]:
 
 # ------------------------------------------------------------------ the command
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class QuantizeOptions:
-    """What `python -m training quantize --help` describes."""
+    """`python -m training quantize NAME ...` (its --help says what each does)."""
+    name: str  # the model's folder under `models`
+    models: str | Path = "models"
     calibration: int = 32  # calibration inputs from the training split
     heldout: int = 8  # held-out inputs for PSNR vs fp32 and timing
     size: int = 64  # input edge for models without a native size / synthetic inputs
@@ -274,6 +277,11 @@ class QuantizeOptions:
     min_psnr: float = DEFAULT_MIN_PSNR
     data_root: str | None = None
     rounds: int = 5  # timed rounds per contender
+    dry_run: bool = False  # measure, write nothing
+
+    def check(self) -> None:
+        if min(self.calibration, self.heldout, self.rounds, self.size) < 1:
+            raise ValueError("--calibration, --heldout, --rounds and --size must be >= 1")
 
 
 def quantize_attempts(rewritten: Path, dst: Path, fp32, calib, test, out_range, opts: QuantizeOptions, role: str,
@@ -344,10 +352,8 @@ def variant_entry(roles_out: dict[str, dict[str, Any]], sources: dict[str, dict[
     })
 
 
-def build_variant(folder: Path, card: Card, staging: Path, calibration: int, heldout: int, size: int,
-                  per_channel: bool, min_psnr: float, data_root: str | None, rounds: int, log) -> Variant:
+def build_variant(folder: Path, card: Card, staging: Path, opts: QuantizeOptions, log) -> Variant:
     """Write `<role>.int8.onnx` for every role into `staging`; return the card's `variants.int8` entry."""
-    opts = QuantizeOptions(calibration, heldout, size, per_channel, min_psnr, data_root, rounds)
     roles_out, sources, files = {}, {}, {}
     for role in card.files:
         roles_out[role], sources[role] = quantize_role(folder, card, role, staging, opts, log)
@@ -379,20 +385,18 @@ def publish_variant(folder: Path, name: str, version: str, staging: Path, varian
         verify_model_dir(folder)
 
 
-def quantize_model(name: str, models: str | Path = "models", calibration: int = 32, heldout: int = 8,
-                   size: int = 64, per_channel: bool = True, min_psnr: float = DEFAULT_MIN_PSNR,
-                   data_root: str | None = None, rounds: int = 5, dry_run: bool = False, log=print) -> dict[str, Any]:
+def quantize_model(opts: QuantizeOptions, log=print) -> dict[str, Any]:
     """Build, check and publish `variants.int8` of models/NAME; returns the entry as the card holds it (JSON)."""
-    models = Path(models)
+    opts.check()
+    name, models = opts.name, Path(opts.models)
     folder = models / check_name(name)
     card = verify_model_dir(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.int8-", dir=models))  # dot: never served
     try:
-        variant = build_variant(folder, card, staging, calibration, heldout, size, per_channel, min_psnr,
-                                data_root, rounds, log)
+        variant = build_variant(folder, card, staging, opts, log)
         variant.extra["of_version"] = card.version
         variant.extra["quantized_at"] = utc_stamp(utc_now())
-        if dry_run:
+        if opts.dry_run:
             log("dry run: nothing written")
             return to_plain(variant)
         publish_variant(folder, name, card.version, staging, variant)
@@ -426,13 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if min(args.calibration, args.heldout, args.rounds, args.size) < 1:
-        print("error: --calibration, --heldout, --rounds and --size must be >= 1", file=sys.stderr)
-        return 2
+    opts = options_from_args(QuantizeOptions, build_parser().parse_args(argv))
     try:
-        quantize_model(args.name, args.models, args.calibration, args.heldout, args.size, args.per_channel,
-                       args.min_psnr, args.data_root, args.rounds, args.dry_run)
+        quantize_model(opts)
     except QuantizeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

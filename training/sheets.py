@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from contract import Card, CardError
 from contract.folder import ModelDirError, verify_model_dir
 from core.loading import ServedModel
 
+from .cli import options_from_args
 from .evaluate import (EvalError, data_config, domain_images, family_of, generate, load_served, reader,
                        super_resolve, translate, translate_batch)
 
@@ -255,6 +256,19 @@ def metrics_table(cards: list[Card | dict[str, Any]]) -> str:
 
 # ------------------------------------------------------------------ driver
 
+@dataclass(frozen=True, kw_only=True)
+class SheetsOptions:
+    """`python -m training sheets [NAME...]` (its --help says what each does)."""
+    names: Sequence[str] = ()  # the models to draw (default: every folder in `models`)
+    models: str | Path = "models"
+    out: str | Path = "docs/samples"  # folder for NAME.png
+    data_root: str | None = None  # dataset root (default: the one in each card's training config)
+    n: int = 8  # held-out images per sheet
+    crop: int = 192  # upscale/colorize: crop edge in output pixels
+    seed: int = 0
+    table: bool = False  # only print the metrics table
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training sheets", description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", metavar="NAME", help="models to draw (default: all in --models)")
@@ -268,14 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def draw_sheets(models: Path, names: list[str], out: Path, n: int = 8, crop: int = 192, seed: int = 0,
-                data_root: str | None = None, log=print) -> dict[str, Path]:
-    """Draw every named model's sheet (each family's sheet maker called once, with all its models); {stem: png}."""
+def draw_sheets(opts: SheetsOptions, log=print) -> dict[str, Path]:
+    """Log the metrics table of the named models (all in `models` when none is named), then, unless `table`,
+    draw every one's sheet (each family's sheet maker called once, with all its models); {stem: png}."""
+    models = Path(opts.models)
+    names = opts.names or sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
+    log(metrics_table([verify_model_dir(models / name) for name in names]))
+    if opts.table:
+        return {}
     groups: dict[Callable[..., Any], list[SheetJob]] = {}
     for name in names:
         served = load_served(models / name)
         maker = family_of(served.card).sheet_maker()
-        groups.setdefault(maker, []).append(SheetJob(served, n=n, crop=crop, seed=seed, data_root=data_root))
+        groups.setdefault(maker, []).append(SheetJob(served, n=opts.n, crop=opts.crop, seed=opts.seed,
+                                                     data_root=opts.data_root))
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for maker, jobs in groups.items():
@@ -287,14 +308,9 @@ def draw_sheets(models: Path, names: list[str], out: Path, n: int = 8, crop: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    models = Path(args.models)
-    names = args.names or sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
+    opts = options_from_args(SheetsOptions, build_parser().parse_args(argv))
     try:
-        cards = [verify_model_dir(models / name) for name in names]
-        print(metrics_table(cards))
-        if not args.table:
-            draw_sheets(models, names, Path(args.out), args.n, args.crop, args.seed, args.data_root)
+        draw_sheets(opts)
     except (EvalError, ModelDirError, CardError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

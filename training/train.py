@@ -8,6 +8,7 @@ Multi-process: launch with `torchrun --nproc_per_node=K -m training train ...`;
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from .cli import options_from_args
 from .config import RunConfig, load_config
 from .registry import get_recipe_class
 
@@ -211,12 +214,42 @@ def build_reader(cfg: RunConfig, split: str = "train"):
     return build_dataset(DataConfig(**cfg.data), split=split)
 
 
-def train(cfg: RunConfig, resume: bool = False, out_dir: str | None = None, log=print) -> Path:
+def train(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, log=print) -> Path:
     """Run (or continue) a training run; returns the run folder."""
     run = _setup(cfg, resume, out_dir, log)
     _run_steps(run, log)
     _finish(run, log)
     return run.run_dir
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """`python -m training train CONFIG [key=value ...]` (its --help says what each does)."""
+    config: str | Path  # the YAML config
+    overrides: Sequence[str] = ()  # dotted key=value pairs, e.g. train.steps=200
+    resume: bool = False  # continue from the newest valid checkpoint in the run folder
+    out: str | None = None  # the run folder (default: train.out_dir of the config)
+
+
+def train_from_options(opts: TrainOptions, log=print) -> Path:
+    """The config read and overridden, then `train`; returns the run folder."""
+    return train(load_config(opts.config, opts.overrides), resume=opts.resume, out_dir=opts.out, log=log)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training train",
+                                description="Train (or resume) a run. Overrides are dotted key=value pairs, "
+                                            "e.g. train.steps=200 train.device=cpu data.root=data/photos.")
+    p.add_argument("config", help="YAML config, e.g. training/configs/fashion.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run dir")
+    p.add_argument("--out", help="run folder (default: train.out_dir of the config)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    train_from_options(options_from_args(TrainOptions, build_parser().parse_args(argv)))
+    return 0
 
 
 @dataclass

@@ -38,7 +38,8 @@ def exported(tiny_datasets, tmp_path_factory):
         raw["train"].update(steps=3, ckpt_every=3, sample_every=3)
         run = train(load_config(None, raw=raw), out_dir=runs / family, log=lambda *a: None)
         path = ckpt.list_checkpoints(run)[-1]
-        ex.export_checkpoint(path, name, models, exporter="torchscript", fp16=False, log=lambda *a: None)
+        ex.export_checkpoint(ex.ExportOptions(checkpoint=path, name=name, out=models, exporter="torchscript",
+                                              fp16=False), log=lambda *a: None)
         nets[family] = {role: spec.module.eval() for role, spec in
                         Recipe.from_checkpoint(ckpt.load(path)).export_specs().items()}
     return models, nets

@@ -263,6 +263,13 @@ def tiny_checkpoints(tiny_datasets, tmp_path_factory):
     return ckpt.list_checkpoints(run)
 
 
+def gen_options(checkpoint: Path, out: Path):
+    """The export of `checkpoint` as OUT/gen (no fp16 variant)."""
+    from training.export import ExportOptions
+
+    return ExportOptions(checkpoint=checkpoint, name="gen", out=out, fp16=False)
+
+
 def _assert_old_model_served(out: Path, name: str, version: str) -> None:
     from contract.folder import verify_model_dir
 
@@ -281,7 +288,7 @@ def test_disk_full_during_export_keeps_the_old_model(tiny_checkpoints, tmp_path,
     from training.export import build as export_build
 
     out = tmp_path / "models"
-    first = ex.export_checkpoint(tiny_checkpoints[0], "gen", out, fp16=False, log=lambda *a: None)
+    first = ex.export_checkpoint(gen_options(tiny_checkpoints[0], out), log=lambda *a: None)
     real_export = export_build.export_graph
 
     def disk_full(spec, path, *args, **kwargs):
@@ -292,7 +299,7 @@ def test_disk_full_during_export_keeps_the_old_model(tiny_checkpoints, tmp_path,
 
     monkeypatch.setattr(export_build, "export_graph", disk_full)
     with pytest.raises(OSError) as info:
-        ex.export_checkpoint(tiny_checkpoints[-1], "gen", out, fp16=False, log=lambda *a: None)
+        ex.export_checkpoint(gen_options(tiny_checkpoints[-1], out), log=lambda *a: None)
     assert info.value.errno == errno.ENOSPC
     _assert_old_model_served(out, "gen", first.card.version)
 
@@ -314,7 +321,7 @@ def test_disk_full_on_a_real_small_filesystem(tiny_checkpoints, tmp_path):
         pytest.skip("needs root and mount -t tmpfs")
     try:
         out = mnt / "models"
-        first = ex.export_checkpoint(tiny_checkpoints[0], "gen", out, fp16=False, log=lambda *a: None)
+        first = ex.export_checkpoint(gen_options(tiny_checkpoints[0], out), log=lambda *a: None)
         used = sum(f.stat().st_size for f in (out / "gen").iterdir())
         filler = mnt / "filler"
         free = shutil.disk_usage(mnt).free
@@ -322,7 +329,7 @@ def test_disk_full_on_a_real_small_filesystem(tiny_checkpoints, tmp_path):
             f.truncate(0)
             f.write(b"\0" * max(0, free - used // 2))
         with pytest.raises(Exception) as info:
-            ex.export_checkpoint(tiny_checkpoints[-1], "gen", out, fp16=False, log=lambda *a: None)
+            ex.export_checkpoint(gen_options(tiny_checkpoints[-1], out), log=lambda *a: None)
         assert "No space left" in str(info.value) or getattr(info.value, "errno", None) == errno.ENOSPC \
             or "space" in repr(info.value).lower(), repr(info.value)
         filler.unlink()

@@ -56,7 +56,9 @@ def verified(folder: Path, deep: bool = False) -> dict:
 def evaluate(models: Path, family: str, cache: Path, **kw) -> tuple[dict, dict]:
     folder = models / f"tiny-{family}"
     before = verified(folder)
-    result = ev.evaluate_model(folder, classifier_cache=cache, classifier_steps=CLASSIFIER_STEPS, log=quiet, **kw)
+    options = ev.EvalOptions(name=folder.name, models=folder.parent, classifier_cache=cache,
+                             classifier_steps=CLASSIFIER_STEPS, **kw)
+    result = ev.evaluate_model(options, log=quiet)
     card = verified(folder, deep=True)  # sha256s still hold: only card.json changed
     assert card["metrics"]["heldout"] == json.loads(json.dumps(result))
     assert card["version"] == before["version"] and card["files"] == before["files"]

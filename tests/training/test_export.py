@@ -47,7 +47,8 @@ def tiny_ckpts(tiny_datasets, tmp_path_factory) -> dict[str, Path]:
 def published(tiny_ckpts, tmp_path_factory) -> dict[str, Path]:
     """Every family exported with the default exporter and the fp16 variant."""
     models = tmp_path_factory.mktemp("models")
-    return {family: ex.export_checkpoint(path, f"tiny-{family}", models, log=quiet).path
+    return {family: ex.export_checkpoint(ex.ExportOptions(checkpoint=path, name=f"tiny-{family}", out=models),
+                                         log=quiet).path
             for family, path in tiny_ckpts.items() if "@" not in family}
 
 
@@ -229,7 +230,8 @@ def leftovers(out: Path, name: str) -> list[Path]:
 
 def quick_export(checkpoint: Path, out: Path, name: str = "sr", **kw):
     """TorchScript exporter and no fp16: the fast path, for the publishing tests."""
-    return ex.export_checkpoint(checkpoint, name, out, exporter="torchscript", fp16=False, log=quiet, **kw)
+    options = ex.ExportOptions(checkpoint=checkpoint, name=name, out=out, exporter="torchscript", fp16=False, **kw)
+    return ex.export_checkpoint(options, log=quiet)
 
 
 def test_parity_over_tolerance_refuses_and_keeps_the_old_model(tiny_ckpts, tmp_path, capsys, monkeypatch):
@@ -382,7 +384,7 @@ def test_srresnet_with_bicubic_skip_exports_optimized_with_fp16(tiny_datasets, t
     run = train(load_config(None, raw=raw), out_dir=tmp_path / "run", log=quiet)
     checkpoint = ckpt.list_checkpoints(run)[-1]
     models = tmp_path / "models"
-    folder = ex.export_checkpoint(checkpoint, "sk", models, log=quiet).path
+    folder = ex.export_checkpoint(ex.ExportOptions(checkpoint=checkpoint, name="sk", out=models), log=quiet).path
     card = json.loads((folder / "card.json").read_text())
     ops = lambda f: {n.op_type for n in onnx.load(str(f)).graph.node}  # noqa: E731
     assert "Resize" not in ops(folder / "generator.onnx")
@@ -392,21 +394,23 @@ def test_srresnet_with_bicubic_skip_exports_optimized_with_fp16(tiny_datasets, t
     assert fp16["produced"] == "export", fp16
     assert fp16["max_abs"] < fp16["tolerance_max_abs"]
 
-    plain = ex.export_checkpoint(checkpoint, "plain", models, fp16=False, optimize=False, log=quiet).path
+    plain = ex.export_checkpoint(ex.ExportOptions(checkpoint=checkpoint, name="plain", out=models, fp16=False,
+                                                  optimize=False), log=quiet).path
     assert "Resize" in ops(plain / "generator.onnx")
     before = json.loads((plain / "card.json").read_text())
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 24, 40)).astype(np.float32)
     run_graph = lambda f: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]  # noqa: E731
     want = run_graph(plain / "generator.onnx")
+    plain_options = opt.OptimizeOptions(name="plain", models=models)
     assert cli(["optimize", "plain", "--models", str(models), "--dry-run"]) == 0
     assert json.loads((plain / "card.json").read_text()) == before  # a dry run publishes nothing
-    assert opt.optimize_model("plain", models, log=quiet) == {"generator": {"resize_as_conv": 1}}
+    assert opt.optimize_model(plain_options, log=quiet) == {"generator": {"resize_as_conv": 1}}
     after = verify_model_dir(plain, deep=True).to_dict()
     assert "Resize" not in ops(plain / "generator.onnx")
     assert after["version"] != before["version"] and after["optimized"]["previous_version"] == before["version"]
     assert np.abs(run_graph(plain / "generator.onnx") - want).max() < 1e-5
     assert (models / ".plain.prev" / "generator.onnx").exists()
-    assert opt.optimize_model("plain", models, log=quiet) == {}  # already done: nothing published
+    assert opt.optimize_model(plain_options, log=quiet) == {}  # already done: nothing published
     assert verify_model_dir(plain).to_dict()["version"] == after["version"]
 
 

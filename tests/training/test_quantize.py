@@ -140,8 +140,8 @@ def measured_psnr(folder: Path, card: dict, role: str, feeds: list[dict]) -> flo
 def test_quantize_publishes_a_checked_int8_variant(family, tiny_models):
     folder = tiny_models / f"tiny-{family}"
     before = verify_model_dir(folder).to_dict()
-    variant = q.quantize_model(folder.name, tiny_models, calibration=8, heldout=4, size=32,
-                               min_psnr=TINY_MIN_PSNR, rounds=1, log=quiet)
+    variant = q.quantize_model(q.QuantizeOptions(name=folder.name, models=tiny_models, calibration=8, heldout=4,
+                                                 size=32, min_psnr=TINY_MIN_PSNR, rounds=1), log=quiet)
     checked = verify_model_dir(folder, deep=True)  # every file, int8 included, matches its sha256 and loads
     card = checked.to_dict()
     assert card["variants"]["int8"] == json.loads(json.dumps(variant))
@@ -171,8 +171,8 @@ def test_quantize_refuses_below_the_gate_and_writes_nothing(tiny_models, tmp_pat
     card_before = (models / "tiny-srgan" / "card.json").read_bytes()
     files_before = sorted(p.name for p in (models / "tiny-srgan").iterdir())
     with pytest.raises(q.QuantizeError, match="below --min-psnr"):
-        q.quantize_model("tiny-srgan", models, calibration=2, heldout=2, size=16, min_psnr=PSNR_CAP + 1,
-                         rounds=1, log=quiet)
+        q.quantize_model(q.QuantizeOptions(name="tiny-srgan", models=models, calibration=2, heldout=2, size=16,
+                                           min_psnr=PSNR_CAP + 1, rounds=1), log=quiet)
     assert (models / "tiny-srgan" / "card.json").read_bytes() == card_before
     assert sorted(p.name for p in (models / "tiny-srgan").iterdir()) == files_before
     assert not list(models.glob(".tiny-srgan.int8-*"))
@@ -186,10 +186,10 @@ def test_quantize_refuses_below_the_gate_and_writes_nothing(tiny_models, tmp_pat
 def test_quantize_again_replaces_the_variant(tiny_models, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(tiny_models / "tiny-cyclegan", models / "tiny-cyclegan")
-    first = q.quantize_model("tiny-cyclegan", models, calibration=4, heldout=2, min_psnr=TINY_MIN_PSNR, rounds=1,
-                             log=quiet)
-    second = q.quantize_model("tiny-cyclegan", models, calibration=8, heldout=2, per_channel=False,
-                              min_psnr=TINY_MIN_PSNR, rounds=1, log=quiet)
+    first = q.quantize_model(q.QuantizeOptions(name="tiny-cyclegan", models=models, calibration=4, heldout=2,
+                                               min_psnr=TINY_MIN_PSNR, rounds=1), log=quiet)
+    second = q.quantize_model(q.QuantizeOptions(name="tiny-cyclegan", models=models, calibration=8, heldout=2,
+                                                per_channel=False, min_psnr=TINY_MIN_PSNR, rounds=1), log=quiet)
     card = verify_model_dir(models / "tiny-cyclegan", deep=True).to_dict()
     assert card["variants"]["int8"]["per_channel"] is False and first["per_channel"] is True
     assert card["variants"]["int8"]["files"] == second["files"]
@@ -245,8 +245,8 @@ def served(tmp_path) -> Path:
     """The service's fixture models, srresnet-x4 with an int8 variant (synthetic calibration: no dataset)."""
     root = tmp_path / "models"
     write_fixture_models(root)
-    variant = q.quantize_model("srresnet-x4", root, calibration=4, heldout=2, size=16, rounds=1,
-                               min_psnr=TINY_MIN_PSNR, log=quiet)
+    variant = q.quantize_model(q.QuantizeOptions(name="srresnet-x4", models=root, calibration=4, heldout=2, size=16,
+                                                 rounds=1, min_psnr=TINY_MIN_PSNR), log=quiet)
     assert "synthetic" in variant["calibration"]["generator"]
     return root
 

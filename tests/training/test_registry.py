@@ -15,7 +15,7 @@ from service_fixtures import encode, service_client, synthetic_photo
 from testkit.tiny import TRAIN, tiny_config
 from training import checkpoint as ckpt
 from training.config import load_config
-from training.export import export_checkpoint
+from training.export import ExportOptions, export_checkpoint
 from training.networks.registry import ARCHS, arch_config, build_generator
 from training.registry import FAMILIES, get_family
 from training.train import train
@@ -38,7 +38,8 @@ def served_models(tiny_datasets, tmp_path_factory) -> Path:
         raw["model"].update(model)
         raw["train"] = {**TRAIN, "steps": 2, "ckpt_every": 2, "sample_every": 2}
         run = train(load_config(None, raw=raw), out_dir=runs / name, log=quiet)
-        export_checkpoint(ckpt.list_checkpoints(run)[-1], name, out, exporter="torchscript", fp16=False, log=quiet)
+        export_checkpoint(ExportOptions(checkpoint=ckpt.list_checkpoints(run)[-1], name=name, out=out,
+                                        exporter="torchscript", fp16=False), log=quiet)
     return out
 
 

@@ -64,6 +64,18 @@ def test_config_overrides_and_typos(tiny_datasets, tmp_path):
         load_config(None, ["train.steps"], raw=tiny_raw("dcgan", tiny_datasets))
 
 
+def test_config_values_are_read_against_their_annotations(tiny_datasets):
+    """One dict-to-dataclass reader (contract.typed.from_plain): ints widen to floats, lists become tuples, and
+    a value of the wrong type is named by its dotted key instead of reaching the optimizer."""
+    cfg = load_config(None, ["train.lr_g=1", "train.betas=[0, 1]"], raw=tiny_raw("dcgan", tiny_datasets))
+    assert cfg.train.lr_g == 1.0 and isinstance(cfg.train.lr_g, float)
+    assert cfg.train.betas == (0.0, 1.0) and all(isinstance(b, float) for b in cfg.train.betas)
+    with pytest.raises(ValueError, match="train.lr_g must be a finite number, got 'fast'"):
+        load_config(None, ["train.lr_g=fast"], raw=tiny_raw("dcgan", tiny_datasets))
+    with pytest.raises(ValueError, match="model.ngf must be an integer, got True"):
+        load_config(None, ["model.ngf=true"], raw=tiny_raw("dcgan", tiny_datasets))
+
+
 def test_default_configs_parse(repo_root):
     names = sorted(p.stem for p in (repo_root / "training" / "configs").glob("*.yaml"))
     assert names == ["colorize", "fashion", "sneaker2boot", "srgan-x4", "srresnet-x4"]

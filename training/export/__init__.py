@@ -3,6 +3,7 @@
     python -m training export CHECKPOINT --name NAME [--out models] [--tolerance 1e-4] [--no-fp16] [--default]
     python -m training export --rollback NAME [--out models]
     python -m training export --verify NAME [--out models]
+    export_checkpoint(ExportOptions(checkpoint=..., name=..., ...)) -> ExportResult
 
 The folder follows docs/model-card.md: one self-contained ONNX file per role
 (`generator`, or `a2b` + `b2a`), an optional fp16 variant per role, and
@@ -30,16 +31,17 @@ refused (ExportError naming the field): nothing is published.
     fp16.py     the fp16 variant
     card.py     the card, from the recipe and the export specs
     build.py    the phases of one export into a staging folder
+    options.py  ExportOptions (the command's, by keyword only), BuildOptions (what import shares), errors
     publish.py  export_checkpoint (staged, locked, atomic) and rollback
-    cli.py      `python -m training export`
+    cli.py      `python -m training export`: argparse -> ExportOptions -> export_checkpoint
 """
 
 from .cli import build_parser, main
 from .graph import TORCHSCRIPT_OPSET, quiet_exporter
-from .options import (DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, EXPORTERS, ExportError, ExportOptions,
-                      ParityError)
+from .options import (DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, EXPORTERS, BuildOptions, ExportError,
+                      ExportOptions, ParityError)
 from .publish import ExportResult, export_checkpoint, rollback
 
-__all__ = ["DEFAULT_FP16_TOLERANCE", "DEFAULT_TOLERANCE", "EXPORTERS", "ExportError", "ExportOptions",
-           "ExportResult", "ParityError", "TORCHSCRIPT_OPSET", "build_parser", "export_checkpoint", "main",
-           "quiet_exporter", "rollback"]
+__all__ = ["BuildOptions", "DEFAULT_FP16_TOLERANCE", "DEFAULT_TOLERANCE", "EXPORTERS", "ExportError",
+           "ExportOptions", "ExportResult", "ParityError", "TORCHSCRIPT_OPSET", "build_parser", "export_checkpoint",
+           "main", "quiet_exporter", "rollback"]

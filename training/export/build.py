@@ -17,7 +17,7 @@ from contract.folder import file_entry
 from .card import write_card
 from .fp16 import fp16_variant
 from .graph import check_graph, export_graph, graph_io
-from .options import ExportError, Exported, ExportJob, ExportOptions, ParityError
+from .options import BuildOptions, ExportError, Exported, ExportJob, ParityError
 from .parity import Case, cpu_session, measure, parity_cases
 
 # role, spec -> (parity cases, what the card says about them)
@@ -36,7 +36,7 @@ def optimize_role(path: Path, role: str, exported: Exported) -> None:
         check_graph(path, role)
 
 
-def write_role(staging: Path, role: str, spec, options: ExportOptions, exported: Exported,
+def write_role(staging: Path, role: str, spec, options: BuildOptions, exported: Exported,
                cases_for: CasesFor, log, probe: Probe | None = None) -> None:
     """Write `<role>.onnx`, check it, optimize it, measure it against torch; recorded in `exported`."""
     path = staging / f"{role}.onnx"
@@ -82,7 +82,7 @@ def check_parity(name: str, exported: Exported, tolerance: float) -> float:
     return max_abs
 
 
-def build_graphs(staging: Path, name: str, specs: dict[str, Any], options: ExportOptions, cases_for: CasesFor,
+def build_graphs(staging: Path, name: str, specs: dict[str, Any], options: BuildOptions, cases_for: CasesFor,
                  log, probe: Probe | None = None) -> tuple[Exported, dict[str, Variant]]:
     """Every role's graph, the parity gate (ParityError over the tolerance) and the fp16 variant."""
     exported = Exported()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from contract.folder import ModelDirError, check_name, verify_model_dir
 
-from .options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, EXPORTERS, ExportError, ParityError
+from ..cli import options_from_args
+from .options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, EXPORTERS, ExportError, ExportOptions, ParityError
 from .publish import export_checkpoint, rollback
 
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MODES = ("rollback", "verify")  # the other things `export` does, each on a published NAME (not ExportOptions)
+
+
 def verify(name: str, out: str) -> None:
     folder = Path(out) / check_name(name)
     card = verify_model_dir(folder, deep=True)
@@ -61,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.checkpoint or not args.name:
             print("error: give CHECKPOINT and --name NAME (or --rollback NAME / --verify NAME)", file=sys.stderr)
             return 2
-        export_checkpoint(args.checkpoint, args.name, args.out, args.tolerance, args.fp16, args.fp16_tolerance,
-                          args.description, args.exporter, args.data_root, args.optimize, default=args.default)
+        export_checkpoint(options_from_args(ExportOptions, args))
         return 0
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from contract import Variant
 from contract.folder import CardError, fsync_dir, file_entry, read_card, sha256_file, write_bytes_durably
 
+from ..cli import options_from_args
 from .parity import Case, cpu_session, measure
 from .graph import quiet_exporter
 from .options import ExportError
@@ -149,21 +152,37 @@ def materialize(folder: Path, log=print) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True, kw_only=True)
+class Fp16Options:
+    """`python -m training fp16 [NAME...]` (its --help says what each does)."""
+    names: Sequence[str] = ()  # model folders (default: every folder with a card)
+    models: str | Path = "models"
+
+
+def materialize_models(opts: Fp16Options, log=print) -> list[str]:
+    """`materialize` every named folder (every one with a card when none is named); returns the problems."""
+    root = Path(opts.models)
+    names = opts.names or sorted(d.name for d in root.iterdir() if (d / "card.json").is_file())
+    problems = []
+    for name in names:
+        try:
+            problems += materialize(root / name, log)
+        except (OSError, CardError) as e:
+            problems.append(f"{name}: {e}")
+    return problems
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training fp16",
                                 description="Make the fp16 files that model cards list as built (not kept in git) "
                                             "from their fp32 graphs, byte-identical to the card's sha256.")
     p.add_argument("names", nargs="*", help="model folders (default: every folder with a card)")
     p.add_argument("--models", default="models", help="the models folder [models]")
-    args = p.parse_args(argv)
-    root = Path(args.models)
-    names = args.names or sorted(d.name for d in root.iterdir() if (d / "card.json").is_file())
-    problems = []
-    for name in names:
-        try:
-            problems += materialize(root / name)
-        except (OSError, CardError) as e:
-            problems.append(f"{name}: {e}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    problems = materialize_models(options_from_args(Fp16Options, build_parser().parse_args(argv)))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if problems else 0

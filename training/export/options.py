@@ -1,5 +1,5 @@
-"""What an export is asked to do (`ExportOptions`, `ExportJob`), what its role phase found (`Exported`),
-its defaults and its errors."""
+"""What an export is asked to do (`ExportOptions`, `ExportJob`), what building a model folder needs
+(`BuildOptions`: export and import alike), what its role phase found (`Exported`), its defaults and its errors."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,9 +22,9 @@ class ParityError(ExportError):
     """onnxruntime and torch disagree by more than the tolerance: nothing was published."""
 
 
-@dataclass
-class ExportOptions:
-    """The export's settings (`python -m training export --help` says what each does)."""
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """How a model folder is built from its networks: the gates, the variants, the card's flags (export and import)."""
     tolerance: float = DEFAULT_TOLERANCE  # max abs torch-vs-onnxruntime error
     fp16: bool = True  # also write <role>.fp16.onnx
     fp16_tolerance: float = DEFAULT_FP16_TOLERANCE  # max abs fp16-vs-fp32 error of that variant
@@ -41,6 +41,14 @@ class ExportOptions:
             raise ExportError(f"unknown exporter {self.exporter!r} ({', '.join(EXPORTERS)})")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions(BuildOptions):
+    """`python -m training export CHECKPOINT --name NAME ...` (its --help says what each does)."""
+    checkpoint: str | Path  # a checkpoint file, or a run folder (its newest valid checkpoint)
+    name: str  # the model's folder under `out`
+    out: str | Path = "models"
+
+
 @dataclass
 class ExportJob:
     """One export: the checkpoint, its recipe (networks in eval mode) and export specs, and the options."""
@@ -49,7 +57,7 @@ class ExportJob:
     payload: dict[str, Any]  # the loaded checkpoint
     recipe: Any  # training.recipes.base.Recipe
     specs: dict[str, Any]  # role -> ExportSpec
-    options: ExportOptions
+    options: BuildOptions
     log: Callable[[str], Any] = print
 
 

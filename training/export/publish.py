@@ -11,7 +11,7 @@ from contract.folder import LockBusy, check_name, staged_version
 from contract.folder import rollback as rollback_folder
 
 from .build import build
-from .options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, ExportError, ExportJob, ExportOptions
+from .options import ExportError, ExportJob, ExportOptions
 
 
 @dataclass
@@ -25,11 +25,12 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def load_job(checkpoint: str | Path, name: str, options: ExportOptions, log) -> ExportJob:
+def load_job(options: ExportOptions, log) -> ExportJob:
     """The checkpoint (a run folder: its newest valid one), its recipe and export specs (eval mode)."""
     from .. import checkpoint as ckpt
     from ..recipes.base import Recipe
 
+    checkpoint = options.checkpoint
     if Path(checkpoint).is_dir():  # a run folder: its newest valid checkpoint
         found = ckpt.latest_valid(checkpoint, log=log)
         if found is None:
@@ -41,7 +42,8 @@ def load_job(checkpoint: str | Path, name: str, options: ExportOptions, log) -> 
     specs = recipe.export_specs()
     for spec in specs.values():
         spec.module.eval()
-    return ExportJob(name, checkpoint, payload, recipe, specs, options, log)
+    return ExportJob(name=options.name, checkpoint=checkpoint, payload=payload, recipe=recipe, specs=specs,
+                     options=options, log=log)
 
 
 def publish_folder(out: Path, name: str, write: Callable[[Path], Card]) -> Card:
@@ -54,24 +56,20 @@ def publish_folder(out: Path, name: str, write: Callable[[Path], Card]) -> Card:
         raise ExportError(str(e)) from None
 
 
-def export_checkpoint(checkpoint: str | Path, name: str, out: str | Path = "models",
-                      tolerance: float = DEFAULT_TOLERANCE, fp16: bool = True,
-                      fp16_tolerance: float = DEFAULT_FP16_TOLERANCE, description: str | None = None,
-                      exporter: str = "auto", data_root: str | None = None, optimize: bool = True,
-                      log=print, default: bool = False) -> ExportResult:
-    """Export, check and publish a checkpoint as OUT/NAME (see training/export/__init__.py)."""
+def export_checkpoint(options: ExportOptions, log=print) -> ExportResult:
+    """Export, check and publish `options.checkpoint` as OUT/NAME (see training/export/__init__.py)."""
+    name = options.name
     try:
         check_name(name)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    options = ExportOptions(tolerance, fp16, fp16_tolerance, description, exporter, data_root, optimize, default)
     options.check()
-    job = load_job(checkpoint, name, options, log)
-    out = Path(out)
+    job = load_job(options, log)
+    out = Path(options.out)
     card = publish_folder(out, name, lambda staging: build(staging, job))
     result = ExportResult(out / name, card, card.metrics.parity_max_abs)
     log(f"published {result.path} (version {card.version}; parity max abs "
-        f"{result.parity_max_abs:.2e} <= {tolerance:g})")
+        f"{result.parity_max_abs:.2e} <= {options.tolerance:g})")
     return result
 
 

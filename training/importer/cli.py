@@ -6,6 +6,7 @@ import sys
 
 from contract.folder import ModelDirError
 
+from ..cli import options_from_args
 from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, ExportError, ParityError
 from .publish import ImportOptions, import_weights
 
@@ -72,13 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = ImportOptions(arch=args.arch, license=args.license, batch_stats=args.batch_stats,
-                            default=args.default, fp16=args.fp16, fp16_tolerance=args.fp16_tolerance,
-                            tolerance=args.tolerance, description=args.description, optimize=args.optimize)
-    files = [args.file] + ([args.file_b] if args.file_b else [])
+    options = options_from_args(ImportOptions, build_parser().parse_args(argv))
     try:
-        import_weights(files, args.name, args.out, options)
+        import_weights(options)
         return 0
     except ParityError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Publish imported weights as one model folder, through export's machinery (training/export/).
 
-    import_weights([FILE] or [G_A, G_B], NAME, OUT, ImportOptions(...)) -> ImportResult
+    import_weights(ImportOptions(file=FILE, file_b=G_B or None, name=NAME, out=OUT, ...)) -> ImportResult
 
 The weights are loaded (load.py: weights only) and their network rebuilt (detect.py) before anything
 is written; then, under NAME's lock, in a staging folder swapped in atomically as OUT/NAME (export's
@@ -24,7 +24,7 @@ from contract.folder import check_name, sha256_file, utc_now
 
 from ..export.build import build_graphs
 from ..export.card import eval_mode_notes, graph_fields, io_fields, publish_card
-from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, ExportError, ExportOptions
+from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, BuildOptions, ExportError
 from ..export.parity import Case, abs_diff, parity_sizes, random_cases
 from ..export.publish import publish_folder
 from .errors import ImportFailed
@@ -46,9 +46,13 @@ class ExportFailed(ExportError):
     """The rebuilt network does not trace to ONNX."""
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class ImportOptions:
-    """`python -m training import --help` says what each does."""
+    """`python -m training import FILE [FILE_B] --name NAME ...` (its --help says what each does)."""
+    file: str | Path  # the weights (G_A of a CycleGAN pair)
+    file_b: str | Path | None = None  # G_B of a CycleGAN pair
+    name: str  # the model's folder under `out`
+    out: str | Path = "models"
     arch: str | None = None  # force the architecture where the weights are ambiguous
     license: str | None = None  # the weights' licence as the user states it ("unknown" when not)
     batch_stats: bool = False  # junyanz: per-image batch statistics (their test.py without --eval)
@@ -59,9 +63,14 @@ class ImportOptions:
     description: str | None = None
     optimize: bool = True
 
-    def export_options(self, fp16: bool) -> ExportOptions:
-        options = ExportOptions(self.tolerance, fp16, self.fp16_tolerance, self.description, EXPORTER,
-                                None, self.optimize, self.default)
+    @property
+    def files(self) -> list[str | Path]:
+        return [self.file] + ([self.file_b] if self.file_b else [])
+
+    def build_options(self, fp16: bool) -> BuildOptions:
+        options = BuildOptions(tolerance=self.tolerance, fp16=fp16, fp16_tolerance=self.fp16_tolerance,
+                               description=self.description, exporter=EXPORTER, data_root=None,
+                               optimize=self.optimize, default=self.default)
         options.check()
         return options
 
@@ -414,11 +423,11 @@ def fp16_plan(sources: list[Source], options: ImportOptions) -> tuple[bool, str 
 def build_import(staging: Path, name: str, sources: list[Source], options: ImportOptions, log) -> Card:
     """Every role's graph (probed at a second size, parity-gated), the fp16 variant and the card."""
     fp16, fp16_note = fp16_plan(sources, options)
-    export_options = options.export_options(fp16)
+    build_options = options.build_options(fp16)
     specs = {s.role: export_spec(s.detected) for s in sources}
     probe = ShapeProbe(options.tolerance)
     try:
-        built = build_graphs(staging, name, specs, export_options, import_cases, log, probe)
+        built = build_graphs(staging, name, specs, build_options, import_cases, log, probe)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - the exporters raise many types; one line says which and why
@@ -428,22 +437,21 @@ def build_import(staging: Path, name: str, sources: list[Source], options: Impor
     return publish_card(staging, name, lambda: import_card(staging, name, sources, specs, built, options, notes))
 
 
-def import_weights(files: list[str | Path], name: str, out: str | Path = "models",
-                   options: ImportOptions | None = None, log=print) -> ImportResult:
-    """Load, detect, export, check and publish `files` as OUT/NAME; nothing is written under OUT before the
+def import_weights(options: ImportOptions, log=print) -> ImportResult:
+    """Load, detect, export, check and publish FILE [FILE_B] as OUT/NAME; nothing is written under OUT before the
     weights are read and their network rebuilt, and nothing but NAME's lock file when a later step fails."""
-    options = options or ImportOptions()
+    name = options.name
     try:
         check_name(name)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    options.export_options(options.fp16)  # bad settings fail before any file is read
-    sources = read_sources(files, options)
+    options.build_options(options.fp16)  # bad settings fail before any file is read
+    sources = read_sources(options.files, options)
     for s in sources:
         det = s.detected
         log(f"{s.path.name}: {det.arch} x{det.scale}, {det.in_channels} -> {det.out_channels} channels, "
             f"range {list(det.value_range)} ({s.role})")
-    out = Path(out)
+    out = Path(options.out)
     card = publish_folder(out, name, lambda staging: build_import(staging, name, sources, options, log))
     result = ImportResult(out / name, card, float(card.metrics.parity_max_abs or 0.0))
     log(f"published {result.path} (version {card.version}; parity max abs {result.parity_max_abs:.2e} "
