@@ -28,3 +28,35 @@ def tiny_datasets(tmp_path_factory) -> dict[str, Path]:
         "aligned": datagen.make_aligned_folder(base / "facades"),
         "unaligned": datagen.make_unaligned_folder(base / "horse2zebra"),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_datasets, tmp_path_factory) -> dict[str, list[Path]]:
+    """family -> the checkpoints (steps 1 and 2) of its 2-step tiny run (testkit/tiny.py), trained once per
+    session for every module that needs a trained model of each family."""
+    from testkit.tiny import FAMILIES, tiny_raw
+    from training import checkpoint as ckpt
+    from training.config import load_config
+    from training.train import train
+
+    base = tmp_path_factory.mktemp("tiny-runs")
+    runs = {}
+    for family in FAMILIES:
+        raw = tiny_raw(family, tiny_datasets)
+        raw["train"].update(steps=2, ckpt_every=1, sample_every=2)
+        run = train(load_config(None, raw=raw), out_dir=base / family, log=lambda *a, **k: None)
+        runs[family] = ckpt.list_checkpoints(run)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tiny_runs, tmp_path_factory) -> Path:
+    """A models folder with tiny-<family> exported from each family's last checkpoint (TorchScript exporter,
+    no fp16: fast). Read it, never write into it: copy a folder out first."""
+    from training import export as ex
+
+    out = tmp_path_factory.mktemp("tiny-zoo")
+    for family, checkpoints in tiny_runs.items():
+        ex.export_checkpoint(ex.ExportOptions(checkpoint=checkpoints[-1], name=f"tiny-{family}", out=out,
+                                              exporter="torchscript", fp16=False), log=lambda *a, **k: None)
+    return out

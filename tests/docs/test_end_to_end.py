@@ -15,12 +15,9 @@ import torch
 from PIL import Image
 
 from service_fixtures import service_client, synthetic_photo
-from testkit.tiny import tiny_raw
 from training import checkpoint as ckpt
 from training import export as ex
-from training.config import load_config
 from training.recipes.base import Recipe
-from training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -29,15 +26,12 @@ NAMES = {"dcgan": "tiny-fashion", "pix2pix": "tiny-colorize", "cyclegan": "tiny-
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_datasets, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("e2e-runs")
+def exported(tiny_runs, tmp_path_factory):
+    """Each family's tiny run (conftest.tiny_runs) exported under this test's names, and its torch nets."""
     models = tmp_path_factory.mktemp("e2e-models")
     nets = {}
     for family, name in NAMES.items():
-        raw = tiny_raw(family, tiny_datasets)
-        raw["train"].update(steps=3, ckpt_every=3, sample_every=3)
-        run = train(load_config(None, raw=raw), out_dir=runs / family, log=lambda *a: None)
-        path = ckpt.list_checkpoints(run)[-1]
+        path = tiny_runs[family][-1]
         ex.export_checkpoint(ex.ExportOptions(checkpoint=path, name=name, out=models, exporter="torchscript",
                                               fp16=False), log=lambda *a: None)
         nets[family] = {role: spec.module.eval() for role, spec in

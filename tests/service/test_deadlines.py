@@ -29,7 +29,7 @@ from service.admission import ADMIT_SHARE, ADVISE_SHARE, Rate, SpeedBook, proces
 from service.deadline import RequestCancelled, RequestToken
 from service.errors import ApiError
 from core.loading import ImageSpec, ServedModel
-from core.tiling import tile_and_blend, tile_grid
+from core.tiling import tile_grid
 from service_fixtures import (IR_VERSION, OPSET, encode, fixture_card, image_graph, running_server,
                               service_client, synthetic_photo, write_fixture_models, write_onnx)
 from contract.folder import write_card
@@ -39,41 +39,6 @@ SLOW_TILE, SLOW_OVERLAP = 48, 4
 
 
 # ---------------------------------------------------------------- the tiler's cancellation hook
-
-
-def test_tiler_stops_within_one_tile_when_the_check_raises():
-    image = np.random.default_rng(0).uniform(-1, 1, (3, 100, 130)).astype(np.float32)
-    ys, xs, _, _ = tile_grid(100, 130, 32, 8)
-    total = len(ys) * len(xs)
-    runs, seen = [], []
-
-    def run(x):
-        runs.append(x.shape)
-        return np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
-
-    def check(done, all_tiles):
-        seen.append((done, all_tiles))
-        if done == 5 + len(xs):  # in the second tile row
-            raise RuntimeError("stop")
-
-    with pytest.raises(RuntimeError):
-        tile_and_blend(run, image, 32, 8, 2, check=check)
-    assert len(runs) == 5 + len(xs) and seen == [(k, total) for k in range(6 + len(xs))]
-    # untiled: one check before the one run; with a check that never raises the result is unchanged
-    calls = []
-    small = image[:, :20, :20]
-    out = tile_and_blend(run, small, 32, 8, 2, check=lambda d, t: calls.append((d, t)))
-    assert calls == [(0, 1)] and np.array_equal(out, run(small[None])[0])
-    assert np.array_equal(tile_and_blend(run, image, 32, 8, 2, check=lambda d, t: None),
-                          tile_and_blend(run, image, 32, 8, 2))
-
-
-def test_tile_grid_is_the_plan_tile_and_blend_runs():
-    for h, w, tile, overlap in ((100, 130, 32, 8), (20, 20, 32, 8), (64, 65, 64, 16), (300, 17, 48, 4)):
-        ys, xs, th, tw = tile_grid(h, w, tile, overlap)
-        runs = []
-        tile_and_blend(lambda x: runs.append(x.shape) or x, np.zeros((1, h, w), np.float32), tile, overlap, 1)
-        assert len(runs) == len(ys) * len(xs) and all(s[-2:] == (th, tw) for s in runs)
 
 
 # ---------------------------------------------------------------- the request token

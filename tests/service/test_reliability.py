@@ -251,16 +251,9 @@ def test_strict_readiness_is_ready_when_all_models_are(models):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoints(tiny_datasets, tmp_path_factory):
-    from testkit.tiny import tiny_raw
-    from training import checkpoint as ckpt
-    from training.config import load_config
-    from training.train import train
-
-    raw = tiny_raw("dcgan", tiny_datasets)
-    raw["train"].update(steps=2, ckpt_every=1, sample_every=2)
-    run = train(load_config(None, raw=raw), out_dir=tmp_path_factory.mktemp("reliability-run"), log=lambda *a: None)
-    return ckpt.list_checkpoints(run)
+def tiny_checkpoints(tiny_runs):
+    """The 2-step dcgan run's checkpoints (conftest.tiny_runs)."""
+    return tiny_runs["dcgan"]
 
 
 def gen_options(checkpoint: Path, out: Path):
@@ -460,57 +453,3 @@ def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(tiny_datasets, t
     assert payload["step"] == max(steps)
     for net in payload["nets"].values():
         assert all(torch.isfinite(t).all() for t in net.values() if t.is_floating_point())
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~1 min on an idle 2-core machine; far more when training runs beside it
-def test_sigkill_at_random_steps_resumes_from_the_last_good_checkpoint(tiny_datasets, tmp_path):
-    """Two SIGKILLs at random steps (the seed is in the failure message), each followed by --resume:
-    the run ends with the very weights of an uninterrupted run."""
-    import random
-    import sys
-
-    import torch
-    import yaml
-
-    from testkit.tiny import tiny_raw
-    from training import checkpoint as ckpt
-    from training.config import load_config
-    from training.train import train
-
-    seed = int(time.time())
-    rng = random.Random(seed)
-    steps = 12
-    raw = tiny_raw("dcgan", tiny_datasets)
-    raw["train"].update(steps=steps, ckpt_every=1, keep_ckpts=3, log_every=10, sample_every=1000)
-    cfg_path = tmp_path / "dcgan.yaml"
-    cfg_path.write_text(yaml.safe_dump(raw))
-    run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "training", "train", str(cfg_path), "--out", str(run)]
-    killed_at = []
-    for kill in range(2):
-        done = ckpt.latest_valid(run)[1]["step"] if ckpt.list_checkpoints(run) else 0
-        target = rng.randint(done + 1, done + 4)
-        proc = subprocess.Popen(cmd + (["--resume"] if kill else []), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 600  # generous: a busy 2-core machine starves a niced run
-        while time.time() < deadline and proc.poll() is None:
-            found = ckpt.list_checkpoints(run)
-            if found and int(found[-1].stem.split("-")[-1]) >= target:
-                break
-            time.sleep(0.005)  # polling interval, not an assertion
-        proc.kill()
-        proc.wait(timeout=30)
-        assert proc.returncode == -9, f"seed {seed}: the run ended before the kill at step {target}"
-        killed_at.append(ckpt.latest_valid(run)[1]["step"])
-        assert killed_at[-1] >= target, f"seed {seed}"
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"(step {killed_at[-1]})" in out.stdout, (seed, out.stdout[-1000:])
-    straight = train(load_config(None, raw=raw), out_dir=tmp_path / "straight", log=lambda *a: None)
-    a, b = ckpt.latest_valid(straight)[1]["nets"], ckpt.latest_valid(run)[1]["nets"]
-    assert ckpt.latest_valid(run)[1]["step"] == steps
-    for net in a:
-        for k in a[net]:
-            torch.testing.assert_close(b[net][k], a[net][k], rtol=0, atol=1e-6, msg=f"seed {seed}: {net}.{k}")

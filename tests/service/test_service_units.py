@@ -19,7 +19,7 @@ from service.config import Settings, SettingsError
 from service.errors import ApiError
 from core.loading import load_model
 from service.registry import ModelRegistry
-from core.tiling import tile_and_blend, tile_starts
+from core.tiling import tile_and_blend
 from service_fixtures import animated_gif, encode, png_claiming_size, synthetic_photo, write_fixture_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,54 +221,6 @@ def test_grid_layout():
 
 
 # ---------------------------------------------------------------- tiling
-
-
-def test_tile_starts_cover_and_end_flush():
-    for size in (1, 63, 64, 65, 150, 1000):
-        starts = tile_starts(size, 64, 8)
-        assert starts[0] == 0 and starts[-1] + min(64, size) == size
-        assert all(b - a <= 56 for a, b in zip(starts, starts[1:]))
-
-
-def test_tiling_is_exact_for_a_pointwise_model():
-    """With no spatial context, blending must reproduce the untiled result to float precision."""
-    rng = np.random.default_rng(0)
-    image = rng.standard_normal((3, 150, 131)).astype(np.float32)
-
-    def pointwise_x2(x):
-        return np.repeat(np.repeat(np.tanh(x * 1.5), 2, axis=2), 2, axis=3)
-
-    tiled = tile_and_blend(pointwise_x2, image, tile=32, overlap=6, scale=2)
-    untiled = pointwise_x2(image[None])[0]
-    assert tiled.shape == untiled.shape == (3, 300, 262)
-    assert np.abs(tiled - untiled).max() < 1e-5
-
-
-def test_tiling_finishes_row_blocks_as_it_goes():
-    """With `finish`, rows are converted block by block (one tile row's float strip at a time) and the
-    result equals finishing the whole blended float image."""
-    rng = np.random.default_rng(1)
-    image = rng.uniform(-1, 1, (3, 150, 131)).astype(np.float32)
-
-    def blurry_x2(x):  # spatial context, so the blend weights matter
-        y = np.repeat(np.repeat(np.tanh(x * 1.5), 2, axis=2), 2, axis=3)
-        return (y + np.roll(y, 1, axis=2) + np.roll(y, 1, axis=3)) / 3
-
-    blocks = []
-
-    def finish(block):
-        blocks.append(block.shape)
-        return imaging.to_pixels(block, (-1, 1))
-
-    whole = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2)
-    pixels = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2, finish=finish)
-    assert pixels.shape == (300, 262, 3) and pixels.dtype == np.uint8
-    levels = np.abs(pixels.astype(int) - imaging.to_pixels(whole, (-1, 1)).astype(int))
-    assert levels.max() <= 1 and levels.mean() < 1e-3  # the same blend (division order may round once)
-    assert len(blocks) == len(tile_starts(150, 32, 6)) and sum(b[1] for b in blocks) == 300
-    assert max(b[1] for b in blocks) <= 32 * 2  # never more than one tile row of output rows at once
-    one = tile_and_blend(blurry_x2, image[:, :20, :30], tile=32, overlap=6, scale=2, finish=finish)
-    assert np.array_equal(one, imaging.to_pixels(blurry_x2(image[None, :, :20, :30])[0], (-1, 1)))  # untiled
 
 
 def test_upscale_tiled_matches_untiled(svc_unit_models):

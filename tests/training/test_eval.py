@@ -2,7 +2,6 @@
 figures, and an evaluated image equal to what the service answers."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
@@ -10,18 +9,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from contract import Tiling
 from contract.folder import read_card, verify_model_dir, write_card
 from core import imaging
-from core import pipelines as inference
-from core.loading import ImageSpec, ServedModel
-from core.runtime import make_session
-from core.tiling import tile_and_blend
-from testkit.tiny import export_tiny_models
 from training import checkpoint as ckpt
 from training import evaluate as ev
 from training.data import FASHION_MNIST_CLASSES
@@ -37,10 +29,12 @@ def quiet(*args, **kwargs) -> None:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_datasets, tmp_path_factory) -> Path:
-    """A models folder with one tiny exported model per family (TorchScript exporter, no fp16: fast)."""
-    return export_tiny_models(tiny_datasets, tmp_path_factory.mktemp("eval-runs"),
-                              tmp_path_factory.mktemp("eval-models"), quiet)
+def models(tiny_zoo, tmp_path_factory) -> Path:
+    """A copy of the session's tiny zoo (conftest.tiny_zoo): eval writes into the cards."""
+    out = tmp_path_factory.mktemp("eval-models")
+    for folder in tiny_zoo.iterdir():
+        shutil.copytree(folder, out / folder.name)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -113,32 +107,6 @@ def test_classifier_input_handles_sizes():
     assert to_classifier_input(np.zeros((2, 1, 64, 64), np.float32)).shape == (2, 1, 28, 28)
     with pytest.raises(ValueError, match="grayscale"):
         to_classifier_input(np.zeros((2, 3, 28, 28), np.uint8))
-
-
-def nearest_x2(path: Path) -> Path:
-    """A pointwise x2 upscaler (nearest Resize): tiled output must equal the whole-image output."""
-    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
-    node = helper.make_node("Resize", ["image", "", "scales"], ["output"], mode="nearest")
-    graph = helper.make_graph([node], "x2", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, "H2", "W2"])],
-                              [scales])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
-    return path
-
-
-def test_tiled_run_matches_whole_image(tmp_path):
-    """The service's tiler (the one eval runs through): tiled output equals the whole-image output."""
-    sess = make_session(nearest_x2(tmp_path / "x2.onnx"))
-    spec = ImageSpec(input_name="image", output_name="output", in_channels=3, in_range=(-1.0, 1.0), multiple_of=1,
-                     min_size=1, native_size=None, out_channels=3, out_range=(-1.0, 1.0), scale=2, tile=16, overlap=4)
-    served = ServedModel("x2", status="ready", sessions={"generator": sess}, image_spec=spec)
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 45, 37)).astype(np.float32)
-    whole = sess.run(["output"], {"image": x})[0]
-    tiled = tile_and_blend(inference.image_runner(served, "generator"), x[0], spec.tile, spec.overlap, spec.scale)
-    assert tiled.shape == whole.shape[1:] == (3, 90, 74)
-    assert np.abs(tiled - whole[0]).max() < 1e-6
-    served.image_spec = dataclasses.replace(spec, multiple_of=8)  # reflect-padded to 48 x 40, cropped back
-    assert inference.image_runner(served, "generator")(x).shape == (1, 3, 90, 74)
 
 
 # ------------------------------------------------------------------ the classifier

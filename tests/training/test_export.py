@@ -30,16 +30,13 @@ def quiet(*args, **kwargs) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpts(tiny_datasets, tmp_path_factory) -> dict[str, Path]:
-    """One tiny trained checkpoint per family (2 steps on generated data)."""
-    base = tmp_path_factory.mktemp("export-runs")
+def tiny_ckpts(tiny_runs) -> dict[str, Path]:
+    """One tiny trained checkpoint per family (2 steps on generated data; conftest.tiny_runs), and its step-1
+    checkpoint as `FAMILY@1` (another version, for rollback)."""
     out = {}
-    for family in ("dcgan", "pix2pix", "cyclegan", "srgan"):
-        raw = tiny_raw(family, tiny_datasets)
-        raw["train"].update(steps=2, ckpt_every=1, sample_every=2)
-        run = train(load_config(None, raw=raw), out_dir=base / family, log=quiet)
-        out[family] = ckpt.list_checkpoints(run)[-1]
-        out[f"{family}@1"] = ckpt.list_checkpoints(run)[0]  # another version, for rollback
+    for family, checkpoints in tiny_runs.items():
+        out[family] = checkpoints[-1]
+        out[f"{family}@1"] = checkpoints[0]
     return out
 
 

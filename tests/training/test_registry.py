@@ -31,14 +31,19 @@ def quiet(*args, **kwargs) -> None:
 
 
 @pytest.fixture(scope="module")
-def served_models(tiny_datasets, tmp_path_factory) -> Path:
+def served_models(tiny_datasets, tiny_runs, tmp_path_factory) -> Path:
+    """Every case exported; a family's own tiny config comes from the session's runs (conftest.tiny_runs),
+    a case that changes the config is trained here."""
     runs, out = tmp_path_factory.mktemp("registry-runs"), tmp_path_factory.mktemp("registry-models")
     for name, family, model in CASES:
-        raw = tiny_config(family, tiny_datasets)
-        raw["model"].update(model)
-        raw["train"] = {**TRAIN, "steps": 2, "ckpt_every": 2, "sample_every": 2}
-        run = train(load_config(None, raw=raw), out_dir=runs / name, log=quiet)
-        export_checkpoint(ExportOptions(checkpoint=ckpt.list_checkpoints(run)[-1], name=name, out=out,
+        if model:
+            raw = tiny_config(family, tiny_datasets)
+            raw["model"].update(model)
+            raw["train"] = {**TRAIN, "steps": 2, "ckpt_every": 2, "sample_every": 2}
+            checkpoint = ckpt.list_checkpoints(train(load_config(None, raw=raw), out_dir=runs / name, log=quiet))[-1]
+        else:
+            checkpoint = tiny_runs[family][-1]
+        export_checkpoint(ExportOptions(checkpoint=checkpoint, name=name, out=out,
                                         exporter="torchscript", fp16=False), log=quiet)
     return out
 

@@ -128,3 +128,48 @@ def test_ddp_two_processes_match_one(tiny_datasets, tmp_path):
             ya, yb, y0 = a.nets[name].eval()(x), b.nets[name].eval()(x), initial.nets[name].eval()(x)
         assert (ya - y0).abs().max() > 1e-3, f"{name} did not train"
         torch.testing.assert_close(yb, ya, rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~1 min on an idle 2-core machine; far more when training runs beside it
+def test_sigkill_at_random_steps_resumes_from_the_last_good_checkpoint(tiny_datasets, tmp_path):
+    """Two SIGKILLs at random steps (the seed is in the failure message), each followed by --resume:
+    the run ends with the very weights of an uninterrupted run."""
+    import random
+
+    seed = int(time.time())
+    rng = random.Random(seed)
+    steps = 12
+    raw = tiny_raw("dcgan", tiny_datasets)
+    raw["train"].update(steps=steps, ckpt_every=1, keep_ckpts=3, log_every=10, sample_every=1000)
+    cfg_path = tmp_path / "dcgan.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "training", "train", str(cfg_path), "--out", str(run)]
+    killed_at = []
+    for kill in range(2):
+        done = ckpt.latest_valid(run)[1]["step"] if ckpt.list_checkpoints(run) else 0
+        target = rng.randint(done + 1, done + 4)
+        proc = subprocess.Popen(cmd + (["--resume"] if kill else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 600  # generous: a busy 2-core machine starves a niced run
+        while time.time() < deadline and proc.poll() is None:
+            found = ckpt.list_checkpoints(run)
+            if found and int(found[-1].stem.split("-")[-1]) >= target:
+                break
+            time.sleep(0.005)  # polling interval, not an assertion
+        proc.kill()
+        proc.wait(timeout=30)
+        assert proc.returncode == -9, f"seed {seed}: the run ended before the kill at step {target}"
+        killed_at.append(ckpt.latest_valid(run)[1]["step"])
+        assert killed_at[-1] >= target, f"seed {seed}"
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"(step {killed_at[-1]})" in out.stdout, (seed, out.stdout[-1000:])
+    straight = train(load_config(None, raw=raw), out_dir=tmp_path / "straight", log=lambda *a: None)
+    a, b = ckpt.latest_valid(straight)[1]["nets"], ckpt.latest_valid(run)[1]["nets"]
+    assert ckpt.latest_valid(run)[1]["step"] == steps
+    for net in a:
+        for k in a[net]:
+            torch.testing.assert_close(b[net][k], a[net][k], rtol=0, atol=1e-6, msg=f"seed {seed}: {net}.{k}")
