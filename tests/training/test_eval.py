@@ -33,7 +33,8 @@ def models(tiny_zoo, tmp_path_factory) -> Path:
     """A copy of the session's tiny zoo (conftest.tiny_zoo): eval writes into the cards."""
     out = tmp_path_factory.mktemp("eval-models")
     for folder in tiny_zoo.iterdir():
-        shutil.copytree(folder, out / folder.name)
+        if folder.is_dir() and not folder.name.startswith("."):  # the model folders, not export's lock files
+            shutil.copytree(folder, out / folder.name)
     return out
 
 
