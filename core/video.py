@@ -124,15 +124,16 @@ def probe(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoInfo:
                                 f"{limits.max_pixels} pixels")
         header_s = container.duration / av.time_base if container.duration else 0.0
         check_seconds(header_s, limits)
-        frames, first, end, vfr = scan_packets(container, stream, limits)
-        duration = float((end - first) * stream.time_base) if frames else 0.0
+        scan = scan_packets(container, stream, limits)
+        check_complete(scan, stream.frames, header_s)
+        duration = float((scan.end - scan.first) * stream.time_base) if scan.stamps else 0.0
         check_seconds(duration, limits)
         audio = tuple(AudioInfo(s.index, s.codec_context.name, s.sample_rate or 0, s.channels or 0)
                       for s in container.streams.audio)
         return VideoInfo(container=container.format.name.split(",")[0], codec=stream.codec_context.name,
-                         width=stream.width, height=stream.height, frames=frames, duration_s=duration,
+                         width=stream.width, height=stream.height, frames=scan.frames, duration_s=duration,
                          time_base=stream.time_base, avg_rate=stream.average_rate or stream.guessed_rate,
-                         vfr=vfr, stream_index=stream.index, audio=audio)
+                         vfr=scan.vfr, stream_index=stream.index, audio=audio)
     finally:
         container.close()
 
@@ -142,33 +143,70 @@ def check_seconds(seconds: float, limits: VideoLimits) -> None:
         raise VideoTooLarge(f"the video lasts {seconds:.1f} s; the limit is {limits.max_seconds:g} s")
 
 
-def scan_packets(container: av.container.InputContainer, stream: av.VideoStream,
-                 limits: VideoLimits) -> tuple[int, int, int, bool]:
-    """Read the video packets without decoding: (frames, first pts, end pts, variable frame rate).
+def check_complete(scan: Scan, header_frames: int, header_s: float) -> None:
+    """A file cut short still demuxes, up to where it ends: what its header promised tells it apart."""
+    if header_frames and scan.frames < header_frames:
+        raise VideoError(f"the video is truncated: frame {scan.frames} of {header_frames} is missing",
+                         frame=scan.frames)
+    if header_s and scan.end_s < header_s - max(TRUNCATED_SLACK_S, 0.05 * header_s):
+        raise VideoError(f"the video is truncated after frame {scan.frames}: its streams end at "
+                         f"{scan.end_s:.2f} s, its header says {header_s:.2f} s", frame=scan.frames)
 
-    The rate is variable when two frame intervals differ by more than one tick (Matroska's millisecond
-    ticks round a constant 30 fps to 33 and 34)."""
-    frames, stamps, last_duration = 0, [], 0
+
+TRUNCATED_SLACK_S = 0.5
+
+
+@dataclass
+class Scan:
+    frames: int = 0
+    stamps: list[int] = field(default_factory=list)  # video pts, in the stream's time base
+    last_duration: int = 0
+    end_s: float = 0.0  # where the last packet of any stream read ends, in seconds
+
+    @property
+    def first(self) -> int:
+        return min(self.stamps)
+
+    @property
+    def end(self) -> int:
+        steps = self.steps
+        return max(self.stamps) + (self.last_duration or (steps[-1] if steps else 0))
+
+    @property
+    def steps(self) -> list[int]:
+        ordered = sorted(self.stamps)
+        return [b - a for a, b in zip(ordered, ordered[1:])]
+
+    @property
+    def vfr(self) -> bool:
+        """Two frame intervals differ by more than one tick (Matroska's millisecond ticks round a constant
+        30 fps to 33 and 34)."""
+        steps = self.steps
+        return bool(steps) and max(steps) - min(steps) > 1
+
+
+def scan_packets(container: av.container.InputContainer, stream: av.VideoStream, limits: VideoLimits) -> Scan:
+    """Read the video and audio packets once, without decoding."""
+    scan = Scan()
     try:
-        for packet in container.demux(stream):
+        for packet in container.demux(stream, *container.streams.audio):
             if packet.size == 0:
                 continue  # the demuxer's flush packet
-            frames += 1
-            if frames > limits.max_frames:
-                raise VideoTooLarge(f"the video has more than {limits.max_frames} frames; the limit is "
-                                    f"{limits.max_frames}")
             pts = packet.pts if packet.pts is not None else packet.dts
             if pts is not None:
-                stamps.append(pts)
-                last_duration = packet.duration or last_duration
+                end = float((pts + (packet.duration or 0)) * packet.time_base)
+                scan.end_s = max(scan.end_s, end)
+            if packet.stream.index != stream.index:
+                continue
+            scan.frames += 1
+            if scan.frames > limits.max_frames:
+                raise VideoTooLarge(f"the video has more than {limits.max_frames} frames; the limit is "
+                                    f"{limits.max_frames}")
+            if pts is not None:
+                scan.stamps.append(pts)
+                scan.last_duration = packet.duration or scan.last_duration
     except av.FFmpegError:
-        raise VideoError(f"the video is corrupt after frame {frames}", frame=frames) from None
-    if frames == 0:
+        raise VideoError(f"the video is corrupt after frame {scan.frames}", frame=scan.frames) from None
+    if scan.frames == 0:
         raise VideoError("the video stream holds no frames")
-    if not stamps:
-        return frames, 0, 0, False
-    stamps.sort()
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    vfr = bool(steps) and max(steps) - min(steps) > 1
-    end = stamps[-1] + (last_duration or (steps[-1] if steps else 0))
-    return frames, stamps[0], end, vfr
+    return scan
