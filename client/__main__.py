@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
                        ("translate", "turn images and videos into another domain (same size)")]:
         sub = commands.add_parser(name, help=what)
         sub.add_argument("input", type=Path, help="an image, a video, or a folder (walked recursively)")
-        sub.add_argument("output", type=Path, help="a file for one input, else a folder (the tree is kept)")
+        sub.add_argument("output", help="a file for one input (a folder when it exists or ends with /), "
+                         "else a folder (the tree is kept)")
         common(sub)
         sub.add_argument("--video-format", choices=["mp4", "webm"], default="mp4", help="videos out [mp4]")
         if name == "upscale":
@@ -81,10 +82,12 @@ def image_tasks(args: argparse.Namespace) -> list[Task]:
     params = {k: v for k, v in params.items() if v is not None}
     if not args.input.exists():
         raise ValueError(f"{args.input}: no such file or folder")
-    return plan(args.input, args.output, params, args.format, args.video_format)
+    into_folder = args.output.endswith(("/", os.sep)) or Path(args.output).is_dir()
+    return plan(args.input, Path(args.output), params, args.format, args.video_format, into_folder)
 
 
-def report(outcome: Outcome, out=sys.stderr) -> int:
+def report(outcome: Outcome, out=None) -> int:
+    out = out or sys.stderr
     print(f"{len(outcome.done)} done, {len(outcome.skipped)} already there, {len(outcome.failed)} failed",
           file=out)
     for task, message in outcome.failed:

@@ -55,7 +55,8 @@ def walk(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def plan(source: Path, output: Path, params: dict, image_format: str, video_format: str) -> list[Task]:
+def plan(source: Path, output: Path, params: dict, image_format: str, video_format: str,
+         into_folder: bool = False) -> list[Task]:
     """A task per input: a folder maps onto a folder (the tree kept), a file onto a file or into a folder."""
     def task(path: Path, target: Path, label: str) -> Task:
         field = kind(path)
@@ -66,7 +67,7 @@ def plan(source: Path, output: Path, params: dict, image_format: str, video_form
         return [task(p, output / p.relative_to(source), str(p.relative_to(source))) for p in walk(source)]
     if not kind(source):
         raise ValueError(f"{source}: not an image or video this client knows ({', '.join(sorted(MEDIA_TYPES))})")
-    target = output / source.name if output.is_dir() or str(output).endswith(os.sep) else output
+    target = output / source.name if into_folder or output.is_dir() else output
     return [task(source, target, source.name)]
 
 
