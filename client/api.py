@@ -74,9 +74,11 @@ class JobClient:
     """One server. Thread-safe: one httpx.Client (a connection pool) shared by every job slot."""
 
     def __init__(self, url: str, token: str | None = None, retry: Retry = Retry(), poll_s: float = 1.0,
-                 timeout_s: float = 60.0, stop: threading.Event | None = None) -> None:
+                 timeout_s: float = 600.0, stop: threading.Event | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        # a server without jobs answers an image in the POST itself: its read may take minutes
+        timeout = httpx.Timeout(timeout_s, connect=10.0)
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
         self.retry, self.poll_s = retry, poll_s
         self.stop = stop or threading.Event()
 
