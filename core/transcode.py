@@ -9,6 +9,9 @@
   4:2:0 H.264 needs an even width and height: an odd output size is padded by one pixel at the right or
   bottom, repeating the last column or row (no pixel of the model's output is lost; `padded` says so).
   VP9 takes odd sizes as they are. A 1-channel output is written as gray RGB; a 4th channel is dropped.
+- Rotation: a frame whose display matrix says "rotate" (a phone held upright) is turned upright before
+  `fn`, as EXIF orientation is for images; the output carries no rotation. Subtitle and data streams are
+  not carried over.
 - Audio: each audio stream is copied packet for packet when the output container can hold its codec
   (`COPYABLE`), else decoded and re-encoded (AAC in MP4, Opus in WebM); the report says which.
 - Hooks: `check(done, total)` before every frame (raise to stop), `progress(done, total)` after it.
@@ -129,7 +132,7 @@ class Transcode:
             raise VideoError(f"the video is corrupt at frame {self.done}", frame=self.done) from None
 
     def video_frame(self, frame: av.VideoFrame) -> None:
-        pixels = as_rgb(self.fn(frame.to_ndarray(format="rgb24")))
+        pixels = as_rgb(self.fn(upright(frame.to_ndarray(format="rgb24"), frame.rotation)))
         if self.out is None:
             self.open_output(pixels.shape[1], pixels.shape[0])
         pixels = pad_even(pixels) if self.fmt == "mp4" else pixels
@@ -196,6 +199,13 @@ class Transcode:
             except Exception:  # noqa: BLE001 - closing a failed output; the temp file is removed anyway
                 pass
             self.out = None
+
+
+def upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
+    """A frame as it is meant to be seen: its display matrix's counterclockwise rotation (phones film
+    sideways and say so there) applied to the pixels, as EXIF orientation is for images."""
+    turns = round((rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
 
 
 def as_rgb(pixels: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ def frame_pixels(i: int, width: int, height: int) -> np.ndarray:
 
 def make_video(path: str | Path, *, fmt: str = "mp4", frames: int = 30, width: int = 64, height: int = 48,
                fps: int = 15, vfr: bool = False, audio: str | None = "aac", codec: str = "libx264",
-               faststart: bool = False) -> list[Fraction]:
+               faststart: bool = False, rotation: int = 0) -> list[Fraction]:
     """Write the video; returns each frame's timestamp in seconds."""
     options = {"movflags": "+faststart"} if faststart else {}
     out = av.open(str(path), "w", format=fmt, options=options)
@@ -39,6 +39,8 @@ def make_video(path: str | Path, *, fmt: str = "mp4", frames: int = 30, width: i
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     tb = Fraction(1, 1000)
     video.time_base = video.codec_context.time_base = tb
+    if rotation:
+        video.set_display_rotation(rotation)  # counterclockwise degrees, as a phone's metadata says
     steps = [VFR_STEPS_MS[i % len(VFR_STEPS_MS)] if vfr else round(1000 / fps) for i in range(frames)]
     tone = add_tone(out, audio) if audio else None
     stamps, pts = [], 0

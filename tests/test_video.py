@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -110,6 +111,18 @@ def test_gray_output_is_written_as_rgb(videos, tmp_path):
     transform_video(src, tmp_path / "out.mp4", gray)
     check_same_video(src, tmp_path / "out.mp4", lambda x: np.repeat(x[..., :1], 3, axis=2), stamps,
                      audio_copied=True)
+
+
+def test_a_rotated_video_is_turned_upright_before_fn(tmp_path):
+    src = tmp_path / "phone.mp4"
+    stamps = make_video(src, rotation=-90, audio=None)  # -90: shown turned a quarter clockwise
+    shapes = []
+    report = transform_video(src, tmp_path / "out.mp4", lambda x: shapes.append(x.shape) or x)
+    assert set(shapes) == {(64, 48, 3)} and (report.width, report.height) == (48, 64)
+    turned = lambda x: np.rot90(x, -1)  # noqa: E731
+    check_same_video(src, tmp_path / "out.mp4", turned, stamps, audio_copied=False)
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        assert next(out.decode(video=0)).rotation == 0
 
 
 def test_check_stops_the_run_and_leaves_nothing(videos, tmp_path):
