@@ -43,7 +43,7 @@ class Bars:
         with self.lock:
             position = self.free.pop(0) if self.free else 1
         return tqdm(total=1, desc=label[-40:], position=position, leave=False, disable=self.disabled(),
-                    file=sys.stderr, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}")
+                    file=sys.stderr, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}")
 
     def release(self, bar: tqdm) -> None:
         with self.lock:

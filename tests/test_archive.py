@@ -11,6 +11,7 @@ import pytest
 
 from core.archive import (ArchiveError, ArchiveLimits, ArchiveTooLarge, MemberError, ZipWriter, list_members,
                           open_archive, output_name)
+from core.batch import transform_archive
 from core.imaging import ImageError, ImageTooLarge, decode_image, encode_image
 
 PNG = encode_image(np.full((4, 6, 3), 90, np.uint8), None, "png", 90)
@@ -138,3 +139,47 @@ def test_zip_writer_leaves_nothing_on_error(tmp_path):
             writer.add("a.png", PNG)
             raise RuntimeError("stopped")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the batch loop
+
+
+def upscale_x2(name: str, data: bytes) -> bytes:
+    pixels = decode_image(data, 10_000).pixels
+    return encode_image(pixels.repeat(2, 0).repeat(2, 1), None, "webp", 90)
+
+
+def test_a_batch_goes_on_past_bad_files_and_writes_the_manifest(tmp_path):
+    src = write_zip(tmp_path / "in.zip", [("a/one.png", PNG), ("a/notes.txt", b"not an image"),
+                                          ("two.jpg", PNG), ("huge.png", encode_image(np.zeros((200, 200, 3),
+                                                                                          np.uint8), None, "png", 90))])
+    seen = []
+    report = transform_archive(src, tmp_path / "out.zip", upscale_x2, fmt="webp", extra={"model": "x2"},
+                               progress=lambda d, t: seen.append((d, t)))
+    assert (report.total, report.ok, report.failed) == (4, 2, 2) and seen == [(i, 4) for i in range(1, 5)]
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        assert zf.namelist() == ["a/one.webp", "two.webp", "manifest.json"]
+        assert decode_image(zf.read("two.webp"), 10_000).pixels.shape == (8, 12, 3)
+        manifest = json.loads(zf.read("manifest.json"))
+    errors = {f["name"]: f.get("error") for f in manifest["files"]}
+    assert errors["a/one.png"] is None and errors["a/notes.txt"]["status"] == 400
+    assert errors["huge.png"]["status"] == 413 and "limit" in errors["huge.png"]["error"]
+    assert manifest["model"] == "x2"
+
+
+def test_a_stop_or_a_server_fault_fails_the_batch_and_leaves_nothing(tmp_path):
+    src = write_zip(tmp_path / "in.zip", [(f"{i}.png", PNG) for i in range(3)])
+
+    def check(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        transform_archive(src, tmp_path / "out.zip", upscale_x2, fmt="png", check=check)
+
+    def broken(name, data):
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError):
+        transform_archive(src, tmp_path / "out.zip", broken, fmt="png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zip"]

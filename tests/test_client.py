@@ -258,3 +258,19 @@ def test_killed_then_rerun_completes_and_reuses_the_jobs(serve, tmp_path):
     resent = {p["name"] for p in fake.posts[posts_before:]}
     assert not resent & {p.name for p in done_before}  # finished files were not sent again
     assert fake.created() == 6 and created_before > len(done_before)  # in-flight jobs were picked up again
+
+
+def test_ctrl_c_stops_cleanly_with_130(serve, tmp_path):
+    url = serve(FakeJobs(job_s=5.0, throttle=False))
+    make_tree(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    cmd = [sys.executable, "-m", "client", "upscale", str(tmp_path / "in"), str(tmp_path / "out"), "--url", url,
+           *FAST]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(1.5)  # submitted and polling
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    assert time.monotonic() - started < 3
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))
