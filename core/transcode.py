@@ -9,9 +9,13 @@
   4:2:0 H.264 needs an even width and height: an odd output size is padded by one pixel at the right or
   bottom, repeating the last column or row (no pixel of the model's output is lost; `padded` says so).
   VP9 takes odd sizes as they are. A 1-channel output is written as gray RGB; a 4th channel is dropped.
+- Size: a stream that changes frame size part way is scaled back to its first frame's size before `fn`
+  (the output has one size); every decoded frame is held to the pixel limit again (headers can lie).
 - Rotation: a frame whose display matrix says "rotate" (a phone held upright) is turned upright before
   `fn`, as EXIF orientation is for images; the output carries no rotation. Subtitle and data streams are
   not carried over.
+- Colour: frames are read with their own matrix and range (untagged: BT.709 from 720 lines up, else
+  BT.601, as players assume) and written BT.709, limited range, tagged so.
 - Audio: each audio stream is copied packet for packet when the output container can hold its codec
   (`COPYABLE`), else decoded and re-encoded (AAC in MP4, Opus in WebM); the report says which.
 - Hooks: `check(done, total)` before every frame (raise to stop), `progress(done, total)` after it.
@@ -31,7 +35,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from .video import VideoError, VideoInfo, VideoLimits, open_input, probe, video_stream
+from .video import VideoError, VideoInfo, VideoLimits, VideoTooLarge, open_input, probe, video_stream
 
 FORMATS = {"mp4": ("mp4", "libx264", "aac"), "webm": ("webm", "libvpx-vp9", "libopus")}
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
@@ -69,17 +73,19 @@ class Quality:
 
 
 def transform_video(src: str | Path, dst: str | Path, fn: FrameFn, *, fmt: str = "mp4",
-                    info: VideoInfo | None = None, check: Hook | None = None, progress: Hook | None = None,
-                    quality: Quality = Quality()) -> VideoReport:
-    """`fn` on every frame of `src` -> `dst` (atomically); see the module's notes."""
+                    info: VideoInfo | None = None, limits: VideoLimits = VideoLimits(), check: Hook | None = None,
+                    progress: Hook | None = None, quality: Quality = Quality()) -> VideoReport:
+    """`fn` on every frame of `src` -> `dst` (atomically); see the module's notes. `info`: the probe made
+    at submit (else it is probed here against `limits`); `limits.max_pixels` is checked again on every
+    decoded frame (a stream may change size part way)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: mp4 or webm")
-    info = info or probe(src, VideoLimits())
+    info = info or probe(src, limits)
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open_input(src) as source:
-            job = Transcode(source, tmp, fn, fmt, info, quality)
+            job = Transcode(source, tmp, fn, fmt, info, quality, limits.max_pixels)
             try:
                 report = job.run(check, progress)
             finally:
@@ -94,8 +100,9 @@ class Transcode:
     """One run: the input container open, the output opened once the first frame's output size is known."""
 
     def __init__(self, source: av.container.InputContainer, tmp: Path, fn: FrameFn, fmt: str,
-                 info: VideoInfo, quality: Quality) -> None:
+                 info: VideoInfo, quality: Quality, max_pixels: int) -> None:
         self.source, self.tmp, self.fn, self.fmt, self.info, self.quality = source, tmp, fn, fmt, info, quality
+        self.max_pixels = max_pixels
         self.vin = video_stream(source)
         self.vin.thread_type = "AUTO"
         self.ain = list(source.streams.audio)
@@ -105,6 +112,7 @@ class Transcode:
         self.pending: list[av.Packet] = []  # audio packets demuxed before the output exists
         self.size: tuple[int, int] | None = None  # as encoded
         self.natural: tuple[int, int] | None = None  # as fn gave it
+        self.in_size: tuple[int, int] | None = None  # the first decoded frame's
         self.done = 0
 
     def run(self, check: Hook | None, progress: Hook | None) -> VideoReport:
@@ -132,14 +140,22 @@ class Transcode:
             raise VideoError(f"the video is corrupt at frame {self.done}", frame=self.done) from None
 
     def video_frame(self, frame: av.VideoFrame) -> None:
-        pixels = as_rgb(self.fn(upright(frame.to_ndarray(format="rgb24"), frame.rotation)))
+        if frame.width * frame.height > self.max_pixels:
+            raise VideoTooLarge(f"frame {self.done} is {frame.width}x{frame.height}; the limit is "
+                                f"{self.max_pixels} pixels")
+        self.in_size = self.in_size or (frame.width, frame.height)
+        same = (frame.width, frame.height) == self.in_size  # else a stream that changes size: the first one's
+        image = frame if same else frame.reformat(width=self.in_size[0], height=self.in_size[1])
+        pixels = as_rgb(self.fn(upright(rgb_pixels(image), frame.rotation)))
         if self.out is None:
             self.open_output(pixels.shape[1], pixels.shape[0])
         pixels = pad_even(pixels) if self.fmt == "mp4" else pixels
         if (pixels.shape[1], pixels.shape[0]) != self.size:
             raise ValueError(f"frame {self.done}: fn gave {pixels.shape[1]}x{pixels.shape[0]}, "
                              f"earlier frames {self.size[0]}x{self.size[1]}")
-        out = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format=self.vout.pix_fmt)
+        out = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(
+            format=self.vout.pix_fmt, dst_colorspace=BT709, dst_color_range=LIMITED, dst_color_primaries=BT709,
+            dst_color_trc=BT709)
         out.pts, out.time_base = frame.pts if frame.pts is not None else frame.dts, frame.time_base
         for packet in self.vout.encode(out):
             self.out.mux(packet)
@@ -201,6 +217,18 @@ class Transcode:
             self.out = None
 
 
+BT709, BT601, LIMITED, UNSPECIFIED = 1, 5, 1, 2  # FFmpeg's AVColorSpace / AVColorRange numbers (FFmpeg 5+)
+
+
+def rgb_pixels(frame: av.VideoFrame) -> np.ndarray:
+    """uint8 RGB with the frame's own matrix and range; an untagged frame gets what players assume (BT.709 from
+    720 lines up, else BT.601; limited range)."""
+    space = frame.colorspace if frame.colorspace not in (0, UNSPECIFIED) else (BT709 if frame.height >= 720
+                                                                              else BT601)
+    full = frame.color_range == 2 or frame.format.name.startswith("yuvj")
+    return frame.to_ndarray(format="rgb24", src_colorspace=space, src_color_range=2 if full else LIMITED)
+
+
 def upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
     """A frame as it is meant to be seen: its display matrix's counterclockwise rotation (phones film
     sideways and say so there) applied to the pixels, as EXIF orientation is for images."""
@@ -239,6 +267,8 @@ def add_video_stream(out: av.container.OutputContainer, codec: str, vin: av.Vide
                    "cpu-used": VP9_SPEED.get(quality.preset, "4"), "row-mt": "1", "lag-in-frames": str(LOOKAHEAD)}
     stream = out.add_stream(codec, rate=vin.average_rate or vin.guessed_rate or 25, options=options)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    context = stream.codec_context  # the frames are BT.709, limited range: said so in the stream
+    context.colorspace, context.color_primaries, context.color_trc, context.color_range = BT709, BT709, BT709, LIMITED
     stream.time_base = vin.time_base
     stream.codec_context.time_base = vin.time_base
     if quality.threads:

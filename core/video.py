@@ -4,7 +4,8 @@ Probe (`probe`): the container is recognised from its first bytes (MP4/MOV: an I
 EBML magic) and opened with that demuxer only, so FFmpeg never guesses among its other demuxers (playlists
 that read other files, image sequences). Then the first video stream must decode with the codecs this FFmpeg
 has (H.264, H.265, VP9, AV1, ...); its packets are read once, without decoding, to count the frames exactly,
-find the duration and tell a variable frame rate. Refusals are typed, and carry the HTTP status the service
+find the duration and tell a variable frame rate; a file shorter than its header says is truncated; the first
+frame is decoded (damage further in is found by the run, which names the frame). Refusals are typed, and carry the HTTP status the service
 answers, as core.imaging's errors do:
 - `NotAVideo` (415): another kind of file, another container, no video stream, a codec it cannot decode;
 - `VideoError` (400): a corrupt or truncated stream (with the frame index when it is found while decoding);
@@ -126,6 +127,7 @@ def probe(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoInfo:
         check_seconds(header_s, limits)
         scan = scan_packets(container, stream, limits)
         check_complete(scan, stream.frames, header_s)
+        check_first_frame(container, stream)
         duration = float((scan.end - scan.first) * stream.time_base) if scan.stamps else 0.0
         check_seconds(duration, limits)
         audio = tuple(AudioInfo(s.index, s.codec_context.name, s.sample_rate or 0, s.channels or 0)
@@ -154,6 +156,17 @@ def check_complete(scan: Scan, header_frames: int, header_s: float) -> None:
 
 
 TRUNCATED_SLACK_S = 0.5
+
+
+def check_first_frame(container: av.container.InputContainer, stream: av.VideoStream) -> None:
+    """Decode the first frame: a stream the decoder cannot start on is refused at submit, not as a failed job."""
+    try:
+        container.seek(0, stream=stream)
+        for _ in container.decode(stream):
+            return
+    except av.FFmpegError:
+        pass
+    raise VideoError("could not decode the first frame of the video: the stream is corrupt", frame=0)
 
 
 @dataclass

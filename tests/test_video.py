@@ -161,6 +161,13 @@ def test_not_a_video_is_415(tmp_path, videos):
         assert caught.value.status == 415 and isinstance(caught.value, ImageError)
 
 
+def test_every_decoded_frame_is_held_to_the_pixel_limit(videos, tmp_path):
+    src, _ = videos["cfr.mp4"]
+    with pytest.raises(VideoTooLarge, match="frame 0 is 64x48"):
+        transform_video(src, tmp_path / "out.mp4", identity, info=probe(src), limits=VideoLimits(max_pixels=100))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_limits_are_413(videos):
     src, _ = videos["cfr.mp4"]
     for limits, words in [(VideoLimits(max_seconds=1.0), "the limit is 1 s"),
@@ -190,6 +197,20 @@ def test_moov_at_the_end_cut_off_is_refused(videos, tmp_path):
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoError, match="corrupt or truncated"):
         probe(tmp_path / "cut.mp4")
+
+
+def test_a_first_frame_that_does_not_decode_is_refused_at_probe(tmp_path):
+    src = tmp_path / "src.mkv"
+    make_video(src, fmt="matroska", frames=10, audio=None)
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as container:
+        first = next(p for p in container.demux(video=0) if p.size)
+        start, size = first.pos, first.size
+    data[start + 8: start + size] = bytes(size - 8)  # the key frame's slices zeroed, its box intact
+    (tmp_path / "bad.mkv").write_bytes(bytes(data))
+    with pytest.raises(VideoError, match="first frame") as caught:
+        probe(tmp_path / "bad.mkv")
+    assert caught.value.frame == 0
 
 
 def test_corrupt_frames_fail_the_run_naming_the_frame_and_leave_nothing(tmp_path):
