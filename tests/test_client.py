@@ -228,6 +228,7 @@ def test_generate_writes_one_file_per_seed(serve, tmp_path):
     assert fake.posts[0]["params"]["n"] == 4
 
 
+@pytest.mark.slow
 def test_killed_then_rerun_completes_and_reuses_the_jobs(serve, tmp_path):
     fake = FakeJobs(job_s=1.2, throttle=False)
     url = serve(fake)
@@ -260,6 +261,7 @@ def test_killed_then_rerun_completes_and_reuses_the_jobs(serve, tmp_path):
     assert fake.created() == 6 and created_before > len(done_before)  # in-flight jobs were picked up again
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_130(serve, tmp_path):
     url = serve(FakeJobs(job_s=5.0, throttle=False))
     make_tree(tmp_path / "in", ["a.png", "b.png", "c.png"])
