@@ -168,6 +168,16 @@ def test_every_decoded_frame_is_held_to_the_pixel_limit(videos, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_service_answers_each_refusal_with_its_status():
+    from core.archive import ArchiveError, ArchiveTooLarge, MemberError
+    from service.imaging import as_api_error
+
+    for exc, status in [(NotAVideo("x"), 415), (VideoError("x"), 400), (VideoTooLarge("x"), 413),
+                        (ArchiveError("x"), 400), (ArchiveTooLarge("x"), 413), (MemberError("x"), 400),
+                        (ImageTooLarge("x"), 413), (ImageError("x"), 400)]:
+        assert as_api_error(exc).status == status
+
+
 def test_limits_are_413(videos):
     src, _ = videos["cfr.mp4"]
     for limits, words in [(VideoLimits(max_seconds=1.0), "the limit is 1 s"),
