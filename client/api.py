@@ -6,7 +6,7 @@ answers 202 and the job (`id`, `status` queued|running|succeeded|failed|canceled
 job, `GET /jobs/{id}/result` the result's bytes. A server that answers 200 instead (one without jobs, for
 an image) is taken at its word: the body is the result.
 
-429 and 503 (and a connection that fails: a server restarting) are retried with exponential backoff and
+429, 503 and 502 (and a connection that fails: a server restarting) are retried with exponential backoff and
 jitter, waiting at least what `Retry-After` says; everything else that is not 2xx fails the file with the
 server's own message.
 """
@@ -24,7 +24,7 @@ import httpx
 
 from .files import MEDIA_TYPES, Task, clear_stale_parts, part_path, publish
 
-RETRY_STATUSES = {429, 503}
+RETRY_STATUSES = {429, 502, 503}  # 502: a proxy in front found no replica ready (a restart)
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 

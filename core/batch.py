@@ -27,10 +27,20 @@ class BatchReport:
     failed: int
 
 
+FILE_STATUSES = (400, 413, 415, 422)  # what the sync API answers for a bad file (not 429/5xx: not the file's)
+
+
 def image_error(exc: BaseException) -> tuple[str, int] | None:
-    """core's client errors -> (message, HTTP status) as the sync API answers them; None for anything else."""
+    """A bad file's error -> (message, HTTP status) as the sync API answers it; None for anything else.
+
+    core's ImageError family (its `status`, else 413 / 400), and any exception carrying a `status` among
+    FILE_STATUSES and a `message` (the service's ApiError, without importing it). A cancel or a deadline must
+    not raise one of those, or it would be recorded as the file's error instead of stopping the batch."""
     if isinstance(exc, ImageError):
         return str(exc), getattr(exc, "status", 413 if isinstance(exc, ImageTooLarge) else 400)
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status in FILE_STATUSES:
+        return str(getattr(exc, "message", exc)), status
     return None
 
 

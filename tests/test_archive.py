@@ -167,6 +167,30 @@ def test_a_batch_goes_on_past_bad_files_and_writes_the_manifest(tmp_path):
     assert manifest["model"] == "x2"
 
 
+def test_the_services_own_client_errors_go_into_the_manifest(tmp_path):
+    from service.errors import ApiError
+
+    src = write_zip(tmp_path / "in.zip", [("a.png", PNG), ("b.png", PNG)])
+
+    def refuse_b(name, data):
+        if name == "b.png":
+            raise ApiError(422, "scale must be 1..4")
+        return data
+
+    report = transform_archive(src, tmp_path / "out.zip", refuse_b, fmt="png")
+    assert (report.ok, report.failed) == (1, 1)
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        assert json.loads(zf.read("manifest.json"))["files"][1]["error"] == {"error": "scale must be 1..4",
+                                                                              "status": 422}
+
+    def overloaded(name, data):
+        raise ApiError(503, "the model is unavailable")
+
+    with pytest.raises(ApiError):
+        transform_archive(src, tmp_path / "out2.zip", overloaded, fmt="png")
+    assert not (tmp_path / "out2.zip").exists()
+
+
 def test_a_stop_or_a_server_fault_fails_the_batch_and_leaves_nothing(tmp_path):
     src = write_zip(tmp_path / "in.zip", [(f"{i}.png", PNG) for i in range(3)])
 
