@@ -1,7 +1,8 @@
 """`transform_video`: decode a video, run a pixel function on every frame, encode as it goes (PyAV).
 
 - Memory: one demuxed packet at a time; the decoder's and the encoder's few frames of delay (x264's
-  lookahead is cut to `LOOKAHEAD` frames: at an x4 upscale a frame is tens of MB). No frame touches the disk.
+  lookahead is cut to `LOOKAHEAD` frames and the codecs' threads to `MAX_THREADS`: at an x4 upscale a frame
+  is tens of MB). No frame touches the disk.
 - Frames: every decoded frame goes out, in order, with its own timestamp: each output frame takes the input
   frame's pts and time base, so a variable frame rate is kept (WebM stores milliseconds: timestamps are
   rounded to 1 ms there, as in any WebM).
@@ -41,6 +42,7 @@ FORMATS = {"mp4": ("mp4", "libx264", "aac"), "webm": ("webm", "libvpx-vp9", "lib
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
 COPYABLE = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"}, "webm": {"opus", "vorbis"}}
 LOOKAHEAD = 8
+MAX_THREADS = 8  # x264 alone would take 1.5 per core, each with frames in flight: memory grows with the machine
 
 FrameFn = Callable[[np.ndarray], np.ndarray]
 Hook = Callable[[int, int], None]
@@ -69,7 +71,7 @@ class VideoReport:
 class Quality:
     crf: int | None = None  # None: 18 for H.264, 32 for VP9 (visually close to the input at these sizes)
     preset: str = "medium"  # x264's speed/size trade; VP9 maps it to its `cpu-used`
-    threads: int = 0  # 0: the encoder's choice
+    threads: int = 0  # encoder and decoder threads; 0: the cores, at most MAX_THREADS (each holds frames)
 
 
 def transform_video(src: str | Path, dst: str | Path, fn: FrameFn, *, fmt: str = "mp4",
@@ -105,6 +107,7 @@ class Transcode:
         self.max_pixels = max_pixels
         self.vin = video_stream(source)
         self.vin.thread_type = "AUTO"
+        self.vin.codec_context.thread_count = thread_count(quality)
         self.ain = list(source.streams.audio)
         self.out: av.container.OutputContainer | None = None
         self.vout = None
@@ -271,9 +274,12 @@ def add_video_stream(out: av.container.OutputContainer, codec: str, vin: av.Vide
     context.colorspace, context.color_primaries, context.color_trc, context.color_range = BT709, BT709, BT709, LIMITED
     stream.time_base = vin.time_base
     stream.codec_context.time_base = vin.time_base
-    if quality.threads:
-        stream.codec_context.thread_count = quality.threads
+    stream.codec_context.thread_count = thread_count(quality)
     return stream
+
+
+def thread_count(quality: Quality) -> int:
+    return quality.threads or min(os.cpu_count() or 1, MAX_THREADS)
 
 
 VP9_SPEED = {"ultrafast": "8", "superfast": "8", "veryfast": "7", "faster": "6", "fast": "5",

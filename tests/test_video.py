@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from fractions import Fraction
 
 import av
@@ -236,3 +237,21 @@ def test_corrupt_frames_fail_the_run_naming_the_frame_and_leave_nothing(tmp_path
         transform_video(bad, tmp_path / "out.mp4", identity, info=info)
     assert 0 < caught.value.frame < 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "src.mp4"]
+
+
+def test_memory_does_not_grow_with_the_length_of_the_video(tmp_path):
+    from bench.common import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+    growth = {}
+    for frames in (10, 60):
+        src = tmp_path / f"{frames}.mp4"
+        make_video(src, frames=frames, width=160, height=120)
+        gc.collect()
+        base = rss_bytes()
+        if not reset_peak_rss():
+            pytest.skip("no /proc/self/clear_refs to reset the peak RSS")
+        transform_video(src, tmp_path / "out.mp4", lambda x: x.repeat(4, 0).repeat(4, 1))
+        growth[frames] = peak_rss_bytes() - base
+    frame = 640 * 480 * 3
+    # measured: ~30 output frames' worth either way (x264's threads and lookahead, the decoder's threads)
+    assert growth[60] < growth[10] + 10 * frame, {k: round(v / frame, 1) for k, v in growth.items()}
