@@ -255,3 +255,14 @@ def test_memory_does_not_grow_with_the_length_of_the_video(tmp_path):
     frame = 640 * 480 * 3
     # measured: ~30 output frames' worth either way (x264's threads and lookahead, the decoder's threads)
     assert growth[60] < growth[10] + 10 * frame, {k: round(v / frame, 1) for k, v in growth.items()}
+
+
+def test_audio_the_container_cannot_hold_is_reencoded_to_aac(tmp_path):
+    src = tmp_path / "pcm.mov"
+    stamps = make_video(src, fmt="mov", audio="pcm_s16le")
+    report = transform_video(src, tmp_path / "out.mp4", identity)
+    assert [(a.codec_in, a.codec_out, a.copied) for a in report.audio] == [("pcm_s16le", "aac", False)]
+    check_same_video(src, tmp_path / "out.mp4", identity, stamps, audio_copied=False)
+    (audio,) = read_audio_packets(tmp_path / "out.mp4")
+    assert float(audio[-1][0]) == pytest.approx(float(stamps[-1]), abs=0.1)
+    assert probe(tmp_path / "out.mp4").audio[0].sample_rate == 48000
