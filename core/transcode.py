@@ -120,7 +120,7 @@ class Transcode:
 
     def run(self, check: Hook | None, progress: Hook | None) -> VideoReport:
         total = self.info.frames
-        for packet in self.source.demux(self.vin, *self.ain):
+        for packet in self.packets():
             if packet.stream.type == "audio":
                 self.audio_packet(packet)
                 continue
@@ -130,11 +130,23 @@ class Transcode:
                 self.video_frame(frame)
                 self.done += 1
                 if progress is not None:
-                    progress(self.done, total)
+                    progress(self.done, max(total, self.done))
         if self.done < total:
             raise VideoError(f"the video is truncated: frame {self.done} of {total} could not be read",
                              frame=self.done)
         return self.finish()
+
+    def packets(self):
+        """The input's packets in file order; a container damaged part way is a VideoError naming the frame."""
+        packets = self.source.demux(self.vin, *self.ain)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.FFmpegError:
+                raise VideoError(f"the video is corrupt after frame {self.done}", frame=self.done) from None
+            yield packet
 
     def decode(self, packet: av.Packet) -> list[av.VideoFrame]:
         try:
