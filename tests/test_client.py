@@ -276,3 +276,16 @@ def test_ctrl_c_stops_cleanly_with_130(serve, tmp_path):
     assert proc.returncode == 130 and "run the same command again to resume" in err
     assert time.monotonic() - started < 3
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))
+
+
+def test_the_console_script_needs_nothing_of_the_server():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["ganforge"] == "client.__main__:main"
+    code = ("import sys, client.__main__, client.api, client.run, client.files; "
+            "heavy = {'bentoml', 'torch', 'onnxruntime', 'openvino', 'numpy', 'PIL', 'av', 'core', 'service', "
+            "'contract', 'starlette'}; print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
