@@ -8,6 +8,7 @@ server already has (running or finished) instead of starting the work over.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,11 +65,26 @@ def plan(source: Path, output: Path, params: dict, image_format: str, video_form
         return Task(path, target.with_suffix(OUTPUT_EXTENSIONS[fmt]), label, field, {**params, "format": fmt})
 
     if source.is_dir():
-        return [task(p, output / p.relative_to(source), str(p.relative_to(source))) for p in walk(source)]
+        return distinct([task(p, output / p.relative_to(source), str(p.relative_to(source))) for p in walk(source)])
     if not kind(source):
         raise ValueError(f"{source}: not an image or video this client knows ({', '.join(sorted(MEDIA_TYPES))})")
     target = output / source.name if into_folder or output.is_dir() else output
     return [task(source, target, source.name)]
+
+
+def distinct(tasks: list[Task]) -> list[Task]:
+    """photo.jpg and photo.png both become photo.png: the later one (in walk order, so the same on every run)
+    keeps its own extension before the new one, photo.png.png."""
+    seen: set[str] = set()
+    out = []
+    for task in tasks:
+        key = str(task.target).casefold()
+        if key in seen:
+            task = dataclasses.replace(task, target=task.target.with_name(task.source.name + task.target.suffix))
+            key = str(task.target).casefold()
+        seen.add(key)
+        out.append(task)
+    return out
 
 
 def idempotency_key(task: Task, endpoint: str) -> str:

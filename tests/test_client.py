@@ -180,6 +180,15 @@ def test_a_folder_keeps_its_tree_retries_429_and_resumes_without_resending(serve
     assert "0 done, 5 already there, 0 failed" in capsys.readouterr().err
 
 
+def test_same_stem_different_extensions_do_not_collide(tmp_path):
+    from client.files import plan
+
+    make_tree(tmp_path / "in", ["photo.jpg", "photo.png", "sub/photo.PNG"])
+    tasks = plan(tmp_path / "in", tmp_path / "out", {}, "png", "mp4")
+    assert [str(t.target.relative_to(tmp_path / "out")) for t in tasks] == ["photo.png", "photo.png.png",
+                                                                             "sub/photo.png"]
+
+
 def test_failed_files_are_listed_with_the_servers_message_and_exit_1(serve, tmp_path, capsys):
     url = serve(FakeJobs(throttle=False))
     make_tree(tmp_path / "in", ["good.png", "bad.png", "reject.png"])
