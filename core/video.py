@@ -5,8 +5,8 @@ EBML magic) and opened with that demuxer only, so FFmpeg never guesses among its
 that read other files, image sequences). Then the first video stream must decode with the codecs this FFmpeg
 has (H.264, H.265, VP9, AV1, ...); its packets are read once, without decoding, to count the frames exactly,
 find the duration and tell a variable frame rate; a file shorter than its header says is truncated; the first
-frame is decoded (damage further in is found by the run, which names the frame). Refusals are typed, and carry the HTTP status the service
-answers, as core.imaging's errors do:
+frame is decoded (damage further in is found by the run, which names the frame). Refusals are typed and
+carry the HTTP status the service answers (service/imaging.as_api_error), as core.imaging's errors do:
 - `NotAVideo` (415): another kind of file, another container, no video stream, a codec it cannot decode;
 - `VideoError` (400): a corrupt or truncated stream (with the frame index when it is found while decoding);
 - `VideoTooLarge` (413, also an ImageTooLarge): over `max_seconds`, `max_frames` or the pixel limit.
