@@ -36,7 +36,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from .video import VideoError, VideoInfo, VideoLimits, VideoTooLarge, open_input, probe, video_stream
+from .video import VideoError, VideoInfo, VideoLimits, VideoTooLarge, codec_name, open_input, probe, video_stream
 
 FORMATS = {"mp4": ("mp4", "libx264", "aac"), "webm": ("webm", "libvpx-vp9", "libopus")}
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
@@ -300,7 +300,7 @@ VP9_SPEED = {"ultrafast": "8", "superfast": "8", "veryfast": "7", "faster": "6",
 
 def add_audio_stream(out: av.container.OutputContainer, ain: av.AudioStream, fmt: str):
     """A copy of the input stream when the container allows its codec, else an AAC / Opus encoder."""
-    codec = ain.codec_context.name
+    codec = codec_name(ain)
     if codec in COPYABLE[fmt]:
         return out.add_stream_from_template(ain), AudioOutcome(ain.index, codec, codec, True)
     encoder = FORMATS[fmt][2]

@@ -130,14 +130,20 @@ def probe(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoInfo:
         check_first_frame(container, stream)
         duration = float((scan.end - scan.first) * stream.time_base) if scan.stamps else 0.0
         check_seconds(duration, limits)
-        audio = tuple(AudioInfo(s.index, s.codec_context.name, s.sample_rate or 0, s.channels or 0)
+        audio = tuple(AudioInfo(s.index, codec_name(s), s.sample_rate or 0, s.channels or 0)
                       for s in container.streams.audio)
-        return VideoInfo(container=container.format.name.split(",")[0], codec=stream.codec_context.name,
+        return VideoInfo(container=container.format.name.split(",")[0], codec=codec_name(stream),
                          width=stream.width, height=stream.height, frames=scan.frames, duration_s=duration,
                          time_base=stream.time_base, avg_rate=stream.average_rate or stream.guessed_rate,
                          vfr=scan.vfr, stream_index=stream.index, audio=audio)
     finally:
         container.close()
+
+
+def codec_name(stream: av.stream.Stream) -> str:
+    """The codec's own name ("av1", "opus"), not its decoder's ("libdav1d", "libopus"); "unknown" without one."""
+    context = stream.codec_context
+    return context.codec.canonical_name if context is not None and context.codec is not None else "unknown"
 
 
 def check_seconds(seconds: float, limits: VideoLimits) -> None:

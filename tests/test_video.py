@@ -64,6 +64,15 @@ def check_same_video(src, dst, fn, stamps, *, audio_copied: bool, tick=Fraction(
         assert read_audio_packets(dst) == read_audio_packets(src)
 
 
+def test_av1_and_hevc_decoders_are_there(tmp_path):
+    src = tmp_path / "av1.mkv"
+    stamps = make_video(src, fmt="matroska", codec="libsvtav1", width=64, height=64, frames=8, audio=None)
+    assert probe(src).codec == "av1"
+    assert transform_video(src, tmp_path / "out.mp4", identity).frames == len(stamps)
+    import av as pyav
+    assert pyav.codec.Codec("hevc", "r").canonical_name == "hevc"  # no H.265 encoder in the wheel to make one
+
+
 @pytest.mark.parametrize("name", ["cfr.mp4", "vfr.mp4", "vfr.mkv", "cfr.mov"])
 @pytest.mark.parametrize("fn", [identity, nearest_x2])
 def test_mp4_keeps_every_frame_timestamp_and_audio_packet(videos, tmp_path, name, fn):
