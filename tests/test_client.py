@@ -250,7 +250,9 @@ def test_killed_then_rerun_completes_and_reuses_the_jobs(serve, tmp_path):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(list((tmp_path / "out").rglob("*.png"))) < 2:
         time.sleep(0.02)
-    time.sleep(0.3)  # two more jobs in flight on the server
+    outputs = lambda: len(list((tmp_path / "out").rglob("*.png")))  # noqa: E731
+    while time.monotonic() < deadline and fake.created() <= outputs():
+        time.sleep(0.02)  # until a job is in flight on the server, not yet downloaded
     first.send_signal(signal.SIGKILL)
     first.wait()
     done_before = {p for p in (tmp_path / "out").rglob("*.png")}
