@@ -67,7 +67,7 @@ prometheus:
 	@if [ -x "$(PROMETHEUS)" ] && command -v promtool >/dev/null 2>&1; then :; \
 	else $(call apt_install,prometheus,the scrape test); fi
 
-# the layers first (pyproject [tool.importlinter]: contract < core < training | service < testkit < bench | soak)
+# the layers first (pyproject [tool.importlinter]: contract < core < training | service < testkit < bench | soak | client)
 test: $(VENV)/.stamp-dev browser prometheus
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest

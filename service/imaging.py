@@ -13,7 +13,11 @@ from .errors import ApiError, bad_request, too_large, unprocessable
 
 
 def as_api_error(exc: ImageError) -> ApiError:
-    """413 for an image over a pixel limit, 400 for any other unusable image; the message as it is."""
+    """The status the error carries (core/video.py, core/archive.py: 400, 413, 415), else 413 for an image
+    over a pixel limit and 400 for any other unusable image; the message as it is."""
+    status = getattr(exc, "status", None)
+    if status is not None:
+        return ApiError(status, str(exc))
     return too_large(str(exc)) if isinstance(exc, ImageTooLarge) else bad_request(str(exc))
 
 
