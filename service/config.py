@@ -24,12 +24,19 @@
 | GANFORGE_BACKEND            | auto                 | which runtime runs the graphs: `auto` = onnxruntime where its CUDA provider works, OpenVINO on the CPU (onnxruntime if the `openvino` package is missing); `onnxruntime` (CUDA or CPU, as GANFORGE_DEVICE says); `openvino` (the CPU; not with GANFORGE_DEVICE=cuda). A graph OpenVINO cannot compile runs on onnxruntime (logged). /models says per model: backend, device, precision and why. |
 | GANFORGE_METRICS            | 1                    | 1: ganforge's own per-model Prometheus metrics and trace spans (service/telemetry.py, README "Metrics") beside BentoML's. 0: not recorded (BentoML's `/metrics` stays): for measuring what they cost (`python -m bench --only telemetry`). |
 | GANFORGE_PRECISION          | auto                 | which precision of each model runs. `auto`: bf16 where the backend is OpenVINO, the CPU has native bf16 (AMX or AVX512-BF16) and the card's `variants.bf16` gate passed (>= 45 dB PSNR against fp32 on the worst input, `python -m training bf16 NAME`), else fp32. `fp32`: always fp32 (the opt-out). `bf16`: as auto, but a fallback is a warning. `int8`: the card's `variants.int8` (made by `python -m training quantize`) on the CPU, through OpenVINO when it is the backend (its QDQ graph measured 4x faster than onnxruntime's int8 here), else onnxruntime's CPU provider. `fp16`: the card's `variants.fp16` on the CUDA provider. Comma list of a default and/or `NAME:PRECISION` entries, e.g. `int8,colorize:fp32` or `srresnet-x4:int8`. A model without a usable variant (none, missing/corrupt file, the other device) serves fp32 and logs why; /models says what runs and why. |
+| GANFORGE_JOBS_DIR           | <repo>/jobs          | where jobs live (service/jobs/): `jobs.sqlite3` (SQLite, WAL mode), `inputs/<id>/` (uploads, written atomically, so a restarted server can run the job again) and `results/<id>` (written atomically). Every worker and every restart must see the same folder (a volume in the container); the startup log and GET /models name it. |
+| GANFORGE_JOBS_TTL_S         | 86400                | a finished job and its result are removed this many seconds after it finished (`expires_at`); the service sweeps them itself. |
+| GANFORGE_JOBS_MAX_QUEUED    | 100                  | jobs waiting to run (all workers) before a `Prefer: respond-async` request is answered 429. |
+| GANFORGE_WEBHOOK_HOSTS      | (none)               | comma list of host names (or host:port) a job's `webhook` may call; none: a request with `webhook` is refused 422. |
+| GANFORGE_WEBHOOK_SECRET     | (unset)              | the Standard Webhooks signing secret, `whsec_<base64>`; needed for webhooks. |
 
 Invalid values stop the service at startup with a message naming the variable.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +113,46 @@ def _precision(env: Mapping[str, str], name: str) -> tuple[str, tuple[tuple[str,
     return default or "auto", tuple(sorted(per_model.items()))
 
 
+# ---- jobs (service/jobs/, issue 23)
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name, "").strip()
+    return Path(raw).expanduser().resolve() if raw else default
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """`a.example, b.example:8080` -> ("a.example", "b.example:8080"), lower case."""
+    hosts = []
+    for item in env.get(name, "").split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if "/" in item or "@" in item or " " in item:
+            raise SettingsError(f"{name}: {item!r} must be a host name or host:port, not a URL")
+        hosts.append(item)
+    return tuple(hosts)
+
+
+def _webhook_secret(env: Mapping[str, str], name: str) -> str | None:
+    """Standard Webhooks' secret form: `whsec_` + base64 of the key (24 to 64 bytes)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith("whsec_"):
+        raise SettingsError(f"{name} must be in the form whsec_<base64 key>")
+    try:
+        key = base64.b64decode(raw[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError(f"{name}: the part after whsec_ is not base64") from None
+    if not 24 <= len(key) <= 64:
+        raise SettingsError(f"{name}: the key must be 24 to 64 bytes, got {len(key)}")
+    return raw
+
+
+# ---- end jobs
+
+
 def backstop_timeout(timeout_s: float) -> float:
     """BentoML's traffic.timeout: a backstop a little after GANFORGE_TIMEOUT_S. The request's own
     deadline (service/deadline.py) answers first and stops the work; BentoML's answers 504 but
@@ -138,6 +185,12 @@ class Settings:
     precision: str = "auto"  # GANFORGE_PRECISION's default
     model_precision: tuple[tuple[str, str], ...] = ()  # its NAME:PRECISION entries
     metrics: bool = True  # GANFORGE_METRICS
+    # jobs (service/jobs/, issue 23)
+    jobs_dir: Path = REPO_ROOT / "jobs"  # GANFORGE_JOBS_DIR
+    jobs_ttl_s: float = 86400.0  # GANFORGE_JOBS_TTL_S
+    jobs_max_queued: int = 100  # GANFORGE_JOBS_MAX_QUEUED
+    webhook_hosts: tuple[str, ...] = ()  # GANFORGE_WEBHOOK_HOSTS
+    webhook_secret: str | None = None  # GANFORGE_WEBHOOK_SECRET (whsec_...)
 
     def precision_for(self, name: str) -> str:
         """The precision GANFORGE_PRECISION asks for model `name`."""
@@ -185,4 +238,10 @@ class Settings:
             precision=precision,
             model_precision=model_precision,
             metrics=_bool(env, "GANFORGE_METRICS", True),
+            # jobs (service/jobs/, issue 23)
+            jobs_dir=_path(env, "GANFORGE_JOBS_DIR", cls.jobs_dir),
+            jobs_ttl_s=_float(env, "GANFORGE_JOBS_TTL_S", cls.jobs_ttl_s, 1.0),
+            jobs_max_queued=_int(env, "GANFORGE_JOBS_MAX_QUEUED", cls.jobs_max_queued, 1),
+            webhook_hosts=_hosts(env, "GANFORGE_WEBHOOK_HOSTS"),
+            webhook_secret=_webhook_secret(env, "GANFORGE_WEBHOOK_SECRET"),
         )

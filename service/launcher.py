@@ -51,6 +51,7 @@ def running_server(models: Path, tmp: Path, **env_overrides: str):
         "GANFORGE_DEVICE": "auto",
         "BENTOML_HOME": str(tmp / "bentoml_home"),
         "BENTOML_DO_NOT_TRACK": "True",
+        "GANFORGE_JOBS_DIR": str(tmp / "jobs"),  # never the repository's jobs/ folder
         **env_overrides,
     }
     if "GANFORGE_AUTH_TOKEN" not in env_overrides:
