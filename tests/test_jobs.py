@@ -212,7 +212,8 @@ def test_failed_job_carries_the_sync_error(main):
 
 def test_refused_at_submit_like_the_sync_api(main):
     assert submit(main, "/upscale", files={"image": ("a.png", png(30))}, data={"model": "nope"}).status_code == 404
-    assert submit(main, "/upscale", files={"image": ("a.png", b"not an image")}).status_code == 400
+    bad = submit(main, "/upscale", files={"image": ("a.png", b"not an image")}, data=SR)
+    assert bad.status_code == 400 and bad.json() == main.post("/upscale", files={"image": ("a.png", b"not an image")}, data=SR).json()
     assert submit(main, "/generate", json={"n": "many"}).status_code == 400
     refused = submit(main, "/upscale", files={"image": ("a.png", png(30))},
                      data={"webhook": "http://10.1.2.3/hook"})

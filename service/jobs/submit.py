@@ -5,7 +5,7 @@ the multipart shape, and hands over the buffered body. Here, before anything is 
 - the fields are validated as BentoML validates the sync call (the API's own pydantic input model;
   multipart text fields JSON-decoded as BentoML does), 400 otherwise;
 - the model is resolved (404 unknown, the endpoint's default when none is named);
-- an upload's size is read from its header: the pixel limits apply (413), an unreadable image is 400;
+- an upload is decoded as the handler decodes it: the same 400 (undecodable) and 413 (pixel limits);
 - `webhook` / `webhook_events` are checked (service/jobs/webhooks.py).
 Never checked: time. A job runs whatever fits the pixel limits, however slow the machine.
 
@@ -19,7 +19,6 @@ the key; the same key and fingerprint return the stored job (nothing new runs), 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -112,17 +112,14 @@ def validate(spec: Any, fields: dict[str, Any], uploads: dict[str, bytes]) -> No
 
 
 def check_image(endpoint: str, data: bytes, served: Any, settings: Any) -> None:
-    """The upload's size from its header: the sync API's pixel limits, without decoding it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise bad_request("the upload is not an image this service can decode") from None
-    imaging.check_pixels(width, height, settings.max_input_pixels, "the input")
-    scale = served.image_spec.scale if endpoint == "upscale" else 1
-    imaging.check_pixels(width * scale, height * scale, settings.max_output_pixels, "the output")
+    """The upload decoded and its size checked as the sync handler does it (same 400 / 413 messages)."""
+    decoded = imaging.decode_image(data, settings.max_input_pixels)
+    if endpoint == "upscale":
+        native = served.image_spec.scale
+        imaging.check_pixels(decoded.width * native, decoded.height * native, settings.max_output_pixels,
+                             f"the x{native} output")
+    else:
+        imaging.check_pixels(decoded.width, decoded.height, settings.max_output_pixels, "the output")
 
 
 def fingerprint(endpoint: str, fields: dict[str, Any], uploads: dict[str, bytes]) -> str:
@@ -148,7 +145,7 @@ async def build_job(layer: Any, scope: dict, body: bytes) -> tuple[Job, dict[str
     model = fields.get("model")
     served = layer.registry.pick(endpoint, None if model in (None, "") else str(model))
     if "image" in uploads:
-        check_image(endpoint, uploads["image"], served, layer.settings)
+        await anyio.to_thread.run_sync(check_image, endpoint, uploads["image"], served, layer.settings)
     job = Job(id=new_id(), endpoint=endpoint, model=served.name, created_at=time.time(),
               idempotency_key=key.strip() if key else None, fingerprint=fingerprint(endpoint, fields, uploads),
               webhook=webhook, webhook_events=events, inputs={name: name for name in uploads})
@@ -160,7 +157,6 @@ async def build_job(layer: Any, scope: dict, body: bytes) -> tuple[Job, dict[str
 
 async def submit(scope: dict, body: bytes) -> JSONResponse:
     """202 + Location + Preference-Applied, body the job; or the refusal as the sync API shapes it."""
-    import anyio
     import bentoml
 
     layer = bentoml.get_current_service().jobs
