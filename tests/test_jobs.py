@@ -467,5 +467,15 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
             assert time.monotonic() < deadline, "the expired result was not removed"
             time.sleep(0.1)
         assert http.get("/jobs/never-was").status_code == 404
+        # SIGTERM (running_server's stop) in the middle of a job: it goes back to the queue
+        stopped = submit_slow(http, seed=41)
+        wait(http, stopped["id"], lambda j: j["status"] == "running" and j["done"] >= 2)
+        http.close()
+    with running_server(models, tmp, **env) as (base, _):
+        http = httpx.Client(base_url=base, timeout=60)
+        assert wait(http, stopped["id"], finished)["status"] == "succeeded"
+        events = [e["event"] for e in sse(http, stopped["id"])]
+        # on_shutdown put it back (a "queued" event); the next server ran it again
+        assert events.count("running") == 2 and events.count("queued") == 2 and events[-1] == "succeeded", events
         http.close()
     print(f"restart -> ready {ready_s:.1f} s, -> the killed job running again {running_s:.1f} s")

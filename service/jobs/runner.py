@@ -3,8 +3,8 @@
 One runner thread per worker runs one job at a time; a heartbeat thread, every `BEAT_S`:
 - extends the lease of the job it runs, and reads its status: a job cancelled through any worker
   (or taken over by another) is stopped at its next tile;
-- writes its progress (a `progress` event at most every `PROGRESS_EVERY_S`, a progress webhook at most
-  every `WEBHOOK_PROGRESS_EVERY_S`);
+- writes its progress (a `progress` event at most every `PROGRESS_EVERY_S` and at least every
+  `PROGRESS_AT_LEAST_S`, a progress webhook at most every `WEBHOOK_PROGRESS_EVERY_S`);
 - removes expired jobs and their files every `sweep_s`, and sets the queue-depth gauge.
 
 A job whose owner died (SIGKILL, a crash) is claimed again: at once when the owner was a process of
@@ -42,6 +42,7 @@ LEASE_S = 10.0  # a job whose owner stopped beating for this long is taken over
 BEAT_S = 0.25
 POLL_S = 0.5  # how often an idle runner looks for work (another worker's submission, a dead owner's job)
 PROGRESS_EVERY_S = 0.5
+PROGRESS_AT_LEAST_S = 1.5
 WEBHOOK_PROGRESS_EVERY_S = 2.0
 MAX_ATTEMPTS = 3  # a job that takes its worker down this many times fails
 HANDLERS = {"generate": handlers.generate, "translate": handlers.translate, "upscale": handlers.upscale}
@@ -258,7 +259,10 @@ class Runner:
             return
         now = time.monotonic()
         state = (token.done, token.total)
-        if token.total and state != active.written and now - active.event_at >= PROGRESS_EVERY_S:
+        since = now - active.event_at
+        # a progress event when a tile finished (at most every PROGRESS_EVERY_S), and at least every
+        # PROGRESS_AT_LEAST_S even when one tile takes longer (its ETA moves on)
+        if token.total and (state != active.written and since >= PROGRESS_EVERY_S or since >= PROGRESS_AT_LEAST_S):
             webhook = now - active.webhook_at >= WEBHOOK_PROGRESS_EVERY_S
             self.store.progress(job.id, self.owner, token.done, token.total, token.done / token.total,
                                 token.eta_s(active.ctx.first_estimate_s), event=True, webhook=webhook)

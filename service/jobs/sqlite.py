@@ -231,8 +231,11 @@ class SqliteJobStore:
 
     def requeue(self, job_id: str, owner: str) -> None:
         with self._tx() as db:
-            db.execute("UPDATE jobs SET status = ?, owner = NULL, lease_until = NULL, attempts = max(attempts - 1, 0) "
-                       "WHERE id = ? AND owner = ? AND status = ?", (QUEUED, job_id, owner, RUNNING))
+            changed = db.execute("UPDATE jobs SET status = ?, owner = NULL, lease_until = NULL, eta_s = NULL, "
+                                 "attempts = max(attempts - 1, 0) WHERE id = ? AND owner = ? AND status = ?",
+                                 (QUEUED, job_id, owner, RUNNING)).rowcount
+            if changed:
+                self._event(db, self._get(db, job_id), QUEUED, webhook=False)
 
     def expire(self, now: float) -> list[str]:
         with self._tx() as db:

@@ -91,6 +91,8 @@ async def read_fields(scope: dict, body: bytes) -> tuple[dict[str, Any], dict[st
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 uploads[key] = await value.read()
+            elif key == "webhook_events" and key in fields:  # repeated: one list
+                fields[key] = f"{fields[key]},{value}"
             elif key in WEBHOOK_FIELDS:
                 fields[key] = value
             else:

@@ -70,12 +70,15 @@ class JobToken(RequestToken):
         self.priority = priority
         self.done = 0
         self.total: int | None = None
-        self.first_tile_at: float | None = None
+        self.first_tile_at: float | None = None  # when the first tile started
+        self.done_at = 0.0  # when `done` last moved
         self.yielded_s = 0.0
 
     def check(self, model: str = "", done: int | None = None, total: int | None = None,
               unit: str = "tiles") -> None:
         if total is not None:
+            if (done or 0) != self.done:
+                self.done_at = time.monotonic()
             self.done, self.total = done or 0, total
             if self.first_tile_at is None:
                 self.first_tile_at = time.monotonic()
@@ -88,6 +91,9 @@ class JobToken(RequestToken):
     def eta_s(self, first_estimate: float | None) -> float | None:
         """Seconds left: from this job's own pace once a tile is done, before that `first_estimate`."""
         if self.total is None or self.first_tile_at is None or not self.done:
-            return first_estimate
-        spent = time.monotonic() - self.first_tile_at - self.yielded_s
-        return max(spent / self.done * (self.total - self.done), 0.0)
+            if first_estimate is None or self.first_tile_at is None:
+                return first_estimate
+            return max(first_estimate - (time.monotonic() - self.first_tile_at - self.yielded_s), 0.0)
+        now = time.monotonic()
+        per_unit = (self.done_at - self.first_tile_at - self.yielded_s) / self.done
+        return max(per_unit * (self.total - self.done) - (now - self.done_at), 0.0)
