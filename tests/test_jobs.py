@@ -11,11 +11,9 @@ Two servers:
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -25,6 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.launcher import kill_server_tree
 from service_fixtures import encode, running_server, synthetic_photo, write_fixture_models
 from test_deadlines import write_slow_model
 
@@ -184,7 +183,9 @@ def test_states_progress_and_the_sync_bytes(main):
 def test_generate_and_translate_jobs_match_sync(main):
     r = submit(main, "/generate", json={"label": "Trouser", "n": 4, "seed": 11})
     assert r.status_code == 202, r.text
-    job = wait(main, r.json()["id"], finished)
+    long_poll = main.get(f"/jobs/{r.json()['id']}", headers={"Prefer": "wait=30"})  # answers once it ended
+    job = long_poll.json()
+    assert job["status"] == "succeeded" and long_poll.headers["preference-applied"] == "wait=30"
     result = main.get(job["result_url"])
     sync = main.post("/generate", json={"label": "Trouser", "n": 4, "seed": 11})
     assert result.content == sync.content and result.headers["x-seed"] == "11" == sync.headers["x-seed"]
@@ -394,33 +395,9 @@ def test_models_names_the_jobs_dir(main, jobs_dir):
 # ---------------------------------------------------------------- two workers, SIGKILL, restart, expiry
 
 
-def parents() -> dict[int, int]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if entry.isdigit():
-                found[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return found
-
-
 def kill_server(base: str) -> int:
-    """SIGKILL every process of the server at once: `bentoml serve` (this test's child) and all its
-    descendants (the workers run in sessions of their own, so a process-group kill would miss them)."""
-    worker = httpx.get(base + "/models", timeout=10).json()["admission"]["worker_pid"]
-    ppid = parents()
-    root = worker
-    while ppid.get(root) not in (os.getpid(), None, 0, 1):
-        root = ppid[root]
-    assert ppid.get(root) == os.getpid(), "the worker is not under this test's server"
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, parent in ppid.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
-    for pid in tree:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return len(tree)
+    """SIGKILL every process of the server at once (service/launcher.py)."""
+    return kill_server_tree(httpx.get(base + "/models", timeout=10).json()["admission"]["worker_pid"])
 
 
 def running_attempts(http, job_id: str) -> int:

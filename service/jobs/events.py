@@ -7,8 +7,9 @@ so any worker serves any job's stream and a reconnect loses nothing:
   data: <the job's JSON at that moment>
 
 A stream starts after `Last-Event-ID` (the header a browser's EventSource sends on reconnect, or the
-`last_event_id` query parameter; none: from the first event), polls the store every `POLL_S`, and ends
-after the terminal event. It also ends after `STREAM_S` (BentoML's request timeout would cut it); a
+`last_event_id` query parameter; none: from the first event), reads the store when this worker changed
+the job (service/jobs/signals.py) and at least every 0.25 s (another worker's change), and ends after
+the terminal event. It also ends after `STREAM_S` (BentoML's request timeout would cut it); a
 client reconnects with the last id it saw (`retry:` tells EventSource how soon).
 """
 
@@ -22,7 +23,6 @@ from starlette.requests import Request
 
 from .record import TERMINAL
 
-POLL_S = 0.2
 STREAM_S = 55.0
 KEEPALIVE_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -37,21 +37,23 @@ async def stream(layer, job_id: str, after: int) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
     until = time.monotonic() + min(STREAM_S, 0.8 * layer.settings.timeout_s)
     quiet_since = time.monotonic()
-    while True:
-        events = await anyio.to_thread.run_sync(layer.store.events, job_id, after)
-        for event in events:
-            yield f"id: {event.seq}\nevent: {event.event}\ndata: {event.data}\n\n".encode()
-            after = event.seq
-            if event.event in TERMINAL:
+    with layer.signals.watch(job_id) as watch:  # wakes at once on this worker's changes of the job
+        while True:
+            watch.reset()
+            events = await anyio.to_thread.run_sync(layer.store.events, job_id, after)
+            for event in events:
+                yield f"id: {event.seq}\nevent: {event.event}\ndata: {event.data}\n\n".encode()
+                after = event.seq
+                if event.event in TERMINAL:
+                    return
+            now = time.monotonic()
+            if events:
+                quiet_since = now
+            elif now - quiet_since >= KEEPALIVE_S:
+                quiet_since = now
+                yield b": keep-alive\n\n"
+                if await anyio.to_thread.run_sync(layer.store.get, job_id) is None:
+                    return  # expired while we watched
+            if now >= until:
                 return
-        now = time.monotonic()
-        if events:
-            quiet_since = now
-        elif now - quiet_since >= KEEPALIVE_S:
-            quiet_since = now
-            yield b": keep-alive\n\n"
-            if await anyio.to_thread.run_sync(layer.store.get, job_id) is None:
-                return  # expired while we watched
-        if now >= until:
-            return
-        await anyio.sleep(POLL_S)
+            await watch.wait(until - now)

@@ -14,6 +14,7 @@ from .files import JobFiles
 from .metrics import JobTelemetry
 from .record import Job
 from .runner import Runner
+from .signals import JobSignals
 from .sqlite import SqliteJobStore
 from .store import IdempotencyConflict
 from .webhooks import Deliverer
@@ -30,7 +31,8 @@ class JobLayer:
         self.files.make()
         self.store = SqliteJobStore(settings.jobs_dir / DB_NAME, gone_keep_s=max(settings.jobs_ttl_s, 3600.0))
         self.telemetry = JobTelemetry(settings.metrics)
-        self.runner = Runner(self.store, self.files, registry, settings, specs, self.telemetry)
+        self.signals = JobSignals()
+        self.runner = Runner(self.store, self.files, registry, settings, specs, self.telemetry, self.signals)
         self.deliverer = Deliverer(self.store, settings, self.telemetry)
 
     def start(self) -> None:
@@ -70,6 +72,7 @@ class JobLayer:
         job, changed = self.store.cancel(job_id, self.settings.jobs_ttl_s)
         if changed and job is not None:
             self.runner.cancel_local(job_id)  # running here: stops at its next tile
+            self.signals.changed(job_id)
             if job.owner is None:  # it was queued: no runner will clean up after it
                 self.files.drop(job_id)
             ran = job.finished_at - job.started_at if job.started_at and job.finished_at else None

@@ -2,7 +2,8 @@
 middleware like every route but health and metrics.
 
   GET  /jobs?status=&limit=     newest first (limit 1..1000, default 50)
-  GET  /jobs/{id}               the job; 404 unknown, 410 expired
+  GET  /jobs/{id}               the job; 404 unknown, 410 expired. `Prefer: wait=N` (RFC 7240): answer once
+                                it has ended or N seconds (at most 60) passed: a long poll
   GET  /jobs/{id}/result        the sync call's bytes and headers; 409 while queued or running (or canceled),
                                 a failed job's error with its status, 410 once expired
   POST /jobs/{id}/cancel        the job, canceled; 409 when it had already ended otherwise
@@ -10,6 +11,8 @@ middleware like every route but health and metrics.
 """
 
 from __future__ import annotations
+
+import time
 
 import anyio
 import bentoml
@@ -21,8 +24,10 @@ from ..errors import error_response
 from .events import SSE_HEADERS, last_event_id, stream
 from .layer import JobLayer
 from .record import CANCELED, FAILED, STATUSES, SUCCEEDED, Job
+from .submit import prefer_wait
 
 MAX_LIMIT = 1000
+MAX_WAIT_S = 60.0
 
 
 def _layer() -> JobLayer:
@@ -52,8 +57,24 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
-    found = await find(_layer(), request.path_params["job_id"])
-    return found if isinstance(found, Response) else JSONResponse(found.public())
+    """With `Prefer: wait=N`: answers once the job has ended, or after N seconds (a long poll)."""
+    layer, job_id = _layer(), request.path_params["job_id"]
+    wait_s = prefer_wait(request.headers.getlist("prefer"))
+    if wait_s is None:
+        found = await find(layer, job_id)
+        return found if isinstance(found, Response) else JSONResponse(found.public())
+    wait_s = min(wait_s, MAX_WAIT_S, 0.8 * layer.settings.timeout_s)
+    until = time.monotonic() + wait_s
+    with layer.signals.watch(job_id) as watch:
+        while True:
+            watch.reset()
+            found = await find(layer, job_id)
+            if isinstance(found, Response) or found.finished or time.monotonic() >= until:
+                break
+            await watch.wait(until - time.monotonic())
+    if isinstance(found, Response):
+        return found
+    return JSONResponse(found.public(), headers={"Preference-Applied": f"wait={wait_s:g}"})
 
 
 async def get_result(request: Request) -> Response:

@@ -33,6 +33,7 @@ from ..registry import ModelRegistry
 from .files import JobFiles, StorageFull
 from .metrics import JobTelemetry
 from .record import CANCELED, FAILED, SUCCEEDED, Job
+from .signals import JobSignals
 from .store import JobStore
 from .token import JOB_CANCELED, LEASE_LOST, SHUTDOWN, JobToken
 
@@ -125,9 +126,9 @@ class Active:
 
 class Runner:
     def __init__(self, store: JobStore, files: JobFiles, registry: ModelRegistry, settings: Settings,
-                 specs: dict[str, Any], telemetry: JobTelemetry) -> None:
+                 specs: dict[str, Any], telemetry: JobTelemetry, signals: JobSignals) -> None:
         self.store, self.files, self.registry, self.settings = store, files, registry, settings
-        self.specs, self.telemetry = specs, telemetry
+        self.specs, self.telemetry, self.signals = specs, telemetry, signals
         self.owner = owner_id()
         self.sweep_s = min(30.0, max(0.5, settings.jobs_ttl_s / 4))
         self._stop = threading.Event()
@@ -180,6 +181,7 @@ class Runner:
                 logger.exception("jobs: job %s could not be finished", job.id)
 
     def _run(self, job: Job) -> None:
+        self.signals.changed(job.id)
         logger.info("job %s (%s %s) running, attempt %d", job.id, job.endpoint, job.model, job.attempts)
         self.telemetry.started(job, time.time() - job.created_at)
         token = JobToken()
@@ -205,6 +207,7 @@ class Runner:
         except RequestCancelled:
             if token.reason == SHUTDOWN:
                 self.store.requeue(job.id, self.owner)
+                self.signals.changed(job.id)
                 logger.info("job %s goes back to the queue (shutdown)", job.id)
             elif token.reason == JOB_CANCELED:  # keep nothing; LEASE_LOST: the new owner needs the inputs
                 self.files.drop(job.id)
@@ -223,6 +226,7 @@ class Runner:
     def _finish(self, job: Job, status: str, error: dict | None, result: dict | None, done: int,
                 total: int | None) -> None:
         ended = self.store.finish(job.id, self.owner, status, self.settings.jobs_ttl_s, error, result, done, total)
+        self.signals.changed(job.id)
         if ended is None:  # cancelled (or taken over) while it finished: keep nothing of this run
             if status == SUCCEEDED:
                 self.files.result_path(job.id).unlink(missing_ok=True)
@@ -267,6 +271,7 @@ class Runner:
             self.store.progress(job.id, self.owner, token.done, token.total, token.done / token.total,
                                 token.eta_s(active.ctx.first_estimate_s), event=True, webhook=webhook)
             active.written, active.event_at = state, now
+            self.signals.changed(job.id)
             if webhook:
                 active.webhook_at = now
 

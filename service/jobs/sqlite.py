@@ -2,8 +2,10 @@
 
 One connection per thread (sqlite3 connections are not shared across threads); a write is a
 `BEGIN IMMEDIATE` transaction, so two workers claiming at once serialise on SQLite's write lock and
-each job is claimed once. `synchronous=FULL`: a committed change survives a SIGKILL and a power
-loss. The folder must be on a local file system (WAL needs shared memory between the processes).
+each job is claimed once. WAL with `synchronous=NORMAL`: a committed change survives a SIGKILL of
+every process; a power loss may roll back the last commits (a finished job then runs again; its
+result file was fsynced before the commit that names it). The folder must be on a local file system
+(WAL needs shared memory between the processes).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class SqliteJobStore:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn

@@ -5,7 +5,8 @@ the multipart shape, and hands over the buffered body. Here, before anything is 
 - the fields are validated as BentoML validates the sync call (the API's own pydantic input model;
   multipart text fields JSON-decoded as BentoML does), 400 otherwise;
 - the model is resolved (404 unknown, the endpoint's default when none is named);
-- an upload is decoded as the handler decodes it: the same 400 (undecodable) and 413 (pixel limits);
+- an upload's size is read from its header: the handler's pixel limits (413) and, for a header Pillow
+  cannot read, the handler's 400; a file broken further in fails the job with the handler's error;
 - `webhook` / `webhook_events` are checked (service/jobs/webhooks.py).
 Never checked: time. A job runs whatever fits the pixel limits, however slow the machine.
 
@@ -19,6 +20,7 @@ the key; the same key and fingerprint return the stored job (nothing new runs), 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -48,6 +50,20 @@ def prefers_async(headers: list[tuple[bytes, bytes]]) -> bool:
             if any(t.strip() == PREFER_ASYNC for t in tokens):
                 return True
     return False
+
+
+def prefer_wait(values: list[str]) -> float | None:
+    """RFC 7240 `Prefer: wait=<seconds>` (the first one), or None."""
+    for value in values:
+        for token in value.replace(";", ",").split(","):
+            name, _, number = token.strip().partition("=")
+            if name.strip().lower() == "wait":
+                try:
+                    seconds = float(number.strip().strip('"'))
+                except ValueError:
+                    return None
+                return seconds if seconds >= 0 else None
+    return None
 
 
 def header(scope: dict, name: bytes) -> str | None:
@@ -114,14 +130,23 @@ def validate(spec: Any, fields: dict[str, Any], uploads: dict[str, bytes]) -> No
 
 
 def check_image(endpoint: str, data: bytes, served: Any, settings: Any) -> None:
-    """The upload decoded and its size checked as the sync handler does it (same 400 / 413 messages)."""
-    decoded = imaging.decode_image(data, settings.max_input_pixels)
+    """The upload's size from its header, against the sync handler's pixel limits (same 413 messages);
+    an upload whose header Pillow cannot read gets the handler's own 400 (decode_image fails fast on it).
+    What only a full decode finds (a truncated file) fails the job with the handler's error."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=imaging.OPEN_FORMATS) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - Pillow raises many types for a bad header
+        imaging.decode_image(data, settings.max_input_pixels)  # raises the sync API's 400 / 413
+        raise bad_request("could not decode the image") from None
+    imaging.check_pixels(width, height, settings.max_input_pixels, "the image")
     if endpoint == "upscale":
         native = served.image_spec.scale
-        imaging.check_pixels(decoded.width * native, decoded.height * native, settings.max_output_pixels,
-                             f"the x{native} output")
+        imaging.check_pixels(width * native, height * native, settings.max_output_pixels, f"the x{native} output")
     else:
-        imaging.check_pixels(decoded.width, decoded.height, settings.max_output_pixels, "the output")
+        imaging.check_pixels(width, height, settings.max_output_pixels, "the output")
 
 
 def fingerprint(endpoint: str, fields: dict[str, Any], uploads: dict[str, bytes]) -> str:
