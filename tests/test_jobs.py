@@ -456,3 +456,65 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
         assert events.count("running") == 2 and events.count("queued") == 2 and events[-1] == "succeeded", events
         http.close()
     print(f"restart -> ready {ready_s:.1f} s, -> the killed job running again {running_s:.1f} s")
+
+
+# ---------------------------------------------------------------- units: settings, the store's claim
+
+
+def test_job_settings_parse_and_refuse_bad_values(tmp_path):
+    from service.config import Settings, SettingsError
+
+    s = Settings.from_env({"GANFORGE_JOBS_DIR": str(tmp_path), "GANFORGE_JOBS_TTL_S": "60",
+                           "GANFORGE_JOBS_MAX_QUEUED": "7", "GANFORGE_WEBHOOK_HOSTS": "Hooks.Example, a.example:8443",
+                           "GANFORGE_WEBHOOK_SECRET": SECRET})
+    assert s.jobs_dir == tmp_path and s.jobs_ttl_s == 60 and s.jobs_max_queued == 7
+    assert s.webhook_hosts == ("hooks.example", "a.example:8443") and s.webhook_secret == SECRET
+    defaults = Settings.from_env({})
+    assert defaults.jobs_ttl_s == 86400 and defaults.webhook_hosts == () and defaults.webhook_secret is None
+    for bad in ({"GANFORGE_WEBHOOK_SECRET": "plain"}, {"GANFORGE_WEBHOOK_SECRET": "whsec_!!"},
+                {"GANFORGE_WEBHOOK_SECRET": "whsec_c2hvcnQ="}, {"GANFORGE_WEBHOOK_HOSTS": "https://x.example/"},
+                {"GANFORGE_JOBS_TTL_S": "0"}, {"GANFORGE_JOBS_MAX_QUEUED": "0"}):
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            Settings.from_env(bad)
+
+
+def _claim_all(path: str, owner: str, ready, go, out) -> None:
+    from service.jobs.sqlite import SqliteJobStore
+
+    store, got = SqliteJobStore(Path(path), 60.0), []
+    ready.put(owner)
+    go.wait(60)
+    while (job := store.claim(owner, 60.0, lambda _: False, 3)) is not None:
+        got.append(job.id)
+        time.sleep(0.002)  # let the other process in
+    out.put((owner, got))
+
+
+def test_two_processes_claim_each_job_once(tmp_path):
+    import multiprocessing
+
+    from service.jobs.record import Job
+    from service.jobs.sqlite import SqliteJobStore
+
+    db = tmp_path / "jobs.sqlite3"
+    store = SqliteJobStore(db, 60.0)
+    ids = [store.submit(Job(id=f"j{k:03d}", endpoint="upscale", model="m", created_at=k), 1000)[0].id
+           for k in range(60)]
+    ctx = multiprocessing.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=_claim_all, args=(str(db), f"w{k}", ready, go, out)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=60)
+    go.set()
+    claimed = dict(out.get(timeout=60) for _ in workers)
+    for w in workers:
+        w.join(timeout=30)
+    assert sorted(claimed["w0"] + claimed["w1"]) == ids  # every job once, by one of the two
+    assert claimed["w0"] and claimed["w1"], "no contention: one process took every job"
+    assert store.queued() == 0 and all(j.status == "running" for j in store.list(None, 100))
+    # a live owner's job stays with it (until its lease expires); a dead owner's is taken over at once
+    assert store.claim("w9", 60.0, lambda _: False, 3) is None
+    job = store.claim("w9", 60.0, lambda owner: owner == "w0", 3)
+    assert job is not None and job.attempts == 2 and job.id == claimed["w0"][0]

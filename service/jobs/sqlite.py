@@ -249,6 +249,7 @@ class SqliteJobStore:
                 db.execute("DELETE FROM deliveries WHERE job_id = ? AND state != 'pending'", (job_id,))
                 db.execute("INSERT OR REPLACE INTO gone VALUES (?, ?)", (job_id, now))
             db.execute("DELETE FROM gone WHERE at < ?", (now - self.gone_keep_s,))
+            db.execute("DELETE FROM deliveries WHERE state != 'pending' AND job_id NOT IN (SELECT id FROM jobs)")
         return ids
 
     # ---------------------------------------------------------------- webhook outbox
