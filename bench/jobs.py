@@ -169,3 +169,58 @@ def report(result: dict[str, Any]) -> str:
     lines.append(f"restart -> ready {restart['ready_s']:.2f} s, -> the killed job running again "
                  f"{restart['running_s']:.2f} s (spawn of the new server to `running`)")
     return "\n".join(lines)
+
+
+def big_upscale(models_dir: Path, width: int = 2048, height: int = 1536, model: str = "srresnet-x4",
+                log=print) -> dict[str, Any]:
+    """The issue's acceptance run: a width x height x4 upscale as a job, followed on its event stream
+    (the longest gap between events), then the same request sync (GANFORGE_TIMEOUT_S raised so the sync
+    call is admitted at all): byte-identical?"""
+    import tempfile
+
+    import httpx
+    from PIL import Image
+
+    photo = Image.fromarray(np.asarray(Image.open(io.BytesIO(_png(max(width, height), seed=3))))[:height, :width])
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    image = buf.getvalue()
+    files = {"image": ("big.png", image, "image/png")}
+    with tempfile.TemporaryDirectory(prefix="ganforge-bench-bigjob-") as work:
+        tmp = Path(work)
+        with timed_server(models_dir, tmp, GANFORGE_JOBS_DIR=str(tmp / "jobs"), GANFORGE_TIMEOUT_S="3600") as (base, _):
+            with httpx.Client(base_url=base, timeout=3600) as client:
+                started = time.perf_counter()
+                job = client.post("/upscale", files=files, data={"model": model}, headers=ASYNC).json()
+                stamps, last = [], None
+                while True:  # the stream ends after ~55 s: reconnect with Last-Event-ID, as a client does
+                    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+                    with client.stream("GET", f"/jobs/{job['id']}/events", headers=headers) as events:
+                        for line in events.iter_lines():
+                            if line.startswith("id: "):
+                                last = int(line[4:])
+                            elif line.startswith("event: "):
+                                stamps.append((time.perf_counter(), line[7:]))
+                                log(f"  {stamps[-1][0] - started:7.1f} s  {line[7:]}")
+                    if stamps and stamps[-1][1] in TERMINAL:
+                        break
+                job_s = time.perf_counter() - started
+                result = client.get(f"/jobs/{job['id']}/result")
+                started = time.perf_counter()
+                sync = client.post("/upscale", files=files, data={"model": model})
+                sync_s = time.perf_counter() - started
+    running = [t for t, e in stamps if e in ("running", "progress")] + [stamps[-1][0]]
+    gaps = [b - a for a, b in zip(running, running[1:])]
+    return {"input": f"{width}x{height}", "model": model, "status": stamps[-1][1], "job_s": job_s, "sync_s": sync_s,
+            "events": len(stamps), "max_gap_s": max(gaps) if gaps else None,
+            "identical": result.status_code == 200 and result.content == sync.content, "bytes": len(result.content)}
+
+
+if __name__ == "__main__":  # python -m bench.jobs [WIDTH HEIGHT]: the 2048x1536 x4 acceptance run
+    import json
+    import sys
+
+    from .common import REPO
+
+    size = [int(v) for v in sys.argv[1:3]] or [2048, 1536]
+    print(json.dumps(big_upscale(REPO / "models", *size), indent=1))

@@ -35,6 +35,7 @@ ASYNC = {"Prefer": "respond-async"}
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SLOW_SIDE = 400  # slow-x4: 9 x 9 tiles of 48 px
 SR = {"model": "srresnet-x4"}
+TTL_S = 5  # GANFORGE_JOBS_TTL_S of the restarted two-worker server
 TERMINAL = ("succeeded", "failed", "canceled")
 FIELDS = {"id", "endpoint", "model", "status", "progress", "done", "total", "eta_s", "created_at", "started_at",
           "finished_at", "error", "result_url", "expires_at"}
@@ -423,19 +424,20 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
             http.get("/readyz", timeout=2)
         http.close()
     restart = time.monotonic()
-    with running_server(models, tmp, **env, GANFORGE_JOBS_TTL_S="4") as (base, _):
+    with running_server(models, tmp, **env, GANFORGE_JOBS_TTL_S=str(TTL_S)) as (base, _):
         http = httpx.Client(base_url=base, timeout=60)
         ready_s = time.monotonic() - restart
         wait(http, victim["id"], lambda j: j["status"] == "running" or finished(j))
         running_s = time.monotonic() - restart
         done = wait(http, victim["id"], finished)
+        result = http.get(done["result_url"])  # now: this server keeps results only TTL_S
         assert done["status"] == "succeeded" and running_attempts(http, victim["id"]) == 2
         sync = http.post("/upscale", files={"image": ("a.png", png(SLOW_SIDE, 40), "image/png")},
                          data={"model": "slow-x4"})
-        assert http.get(done["result_url"]).content == sync.content  # byte-identical after the restart
+        assert result.content == sync.content  # byte-identical after the restart
         assert http.get(early["result_url"]).content == early_bytes  # finished before the kill: still there
-        # expiry: this server keeps results 4 s
-        deadline = time.monotonic() + 20
+        # expiry: this server keeps results TTL_S
+        deadline = time.monotonic() + TTL_S + 20
         while http.get(f"/jobs/{victim['id']}/result").status_code != 410:
             assert time.monotonic() < deadline, "never expired"
             time.sleep(0.1)

@@ -5,10 +5,11 @@ routes and the submit path call. Made and started by the service (service/servic
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import Any
 
-from ..config import Settings
+from ..config import Settings, SettingsError
 from ..registry import ModelRegistry
 from .files import JobFiles
 from .metrics import JobTelemetry
@@ -28,8 +29,12 @@ class JobLayer:
     def __init__(self, registry: ModelRegistry, settings: Settings, specs: dict[str, Any]) -> None:
         self.registry, self.settings, self.specs = registry, settings, specs
         self.files = JobFiles(settings.jobs_dir)
-        self.files.make()
-        self.store = SqliteJobStore(settings.jobs_dir / DB_NAME, gone_keep_s=max(settings.jobs_ttl_s, 3600.0))
+        try:
+            self.files.make()
+            self.store = SqliteJobStore(settings.jobs_dir / DB_NAME, gone_keep_s=max(settings.jobs_ttl_s, 3600.0))
+        except (OSError, sqlite3.Error) as exc:
+            raise SettingsError(f"GANFORGE_JOBS_DIR={settings.jobs_dir}: cannot keep jobs there ({exc}); "
+                                "set it to a writable folder on a local file system") from None
         self.telemetry = JobTelemetry(settings.metrics)
         self.signals = JobSignals()
         self.runner = Runner(self.store, self.files, registry, settings, specs, self.telemetry, self.signals)

@@ -227,8 +227,9 @@ class Runner:
                 total: int | None) -> None:
         ended = self.store.finish(job.id, self.owner, status, self.settings.jobs_ttl_s, error, result, done, total)
         self.signals.changed(job.id)
-        if ended is None:  # cancelled (or taken over) while it finished: keep nothing of this run
-            if status == SUCCEEDED:
+        if ended is None:  # cancelled, or taken over by another worker, while it finished
+            now = self.store.get(job.id)
+            if status == SUCCEEDED and (now is None or now.status == CANCELED):  # keep nothing
                 self.files.result_path(job.id).unlink(missing_ok=True)
             return
         self.files.drop_inputs(job.id)
