@@ -163,6 +163,7 @@ def test_states_progress_and_the_sync_bytes(main):
     small = main.post("/upscale", files={"image": ("s.png", png(32, 3), "image/png")}, data={"model": "slow-x4"})
     sync_s = time.monotonic() - started
     assert small.status_code == 200 and main.get(f"/jobs/{job['id']}").json()["status"] == "running"
+    assert sync_s < 3.0, f"a small sync request waited {sync_s:.1f} s behind a job"
     done = wait(main, job["id"], finished, seen=seen)
     assert done["status"] == "succeeded" and done["progress"] == 1 and done["done"] == done["total"]
     assert done["result_url"] == f"/jobs/{job['id']}/result" and done["finished_at"] and done["expires_at"]
@@ -520,3 +521,28 @@ def test_two_processes_claim_each_job_once(tmp_path):
     assert store.claim("w9", 60.0, lambda _: False, 3) is None
     job = store.claim("w9", 60.0, lambda owner: owner == "w0", 3)
     assert job is not None and job.attempts == 2 and job.id == claimed["w0"][0]
+
+
+def test_job_token_yields_to_sync_requests_reports_progress_and_is_never_late():
+    import threading
+
+    from service.admission import SpeedBook
+    from service.deadline import RequestCancelled
+    from service.jobs.token import JOB_CANCELED, JobToken, SyncPriority
+    from test_deadlines import _model
+
+    priority = SyncPriority()
+    token = JobToken(priority)
+    with priority.sync():  # a sync request is in its handler: the job's next tile waits
+        tile = threading.Thread(target=token.check, args=("m", 1, 4))
+        tile.start()
+        tile.join(0.3)
+        assert tile.is_alive()
+    tile.join(5)
+    assert not tile.is_alive() and (token.done, token.total) == (1, 4) and token.yielded_s >= 0.3
+    book, model = SpeedBook(), _model()
+    book.record(model, 1.0, 1e5)  # ~10 s per output megapixel: a 4000x4000 x4 input needs hours
+    book.admit(model, 4000, 4000, token, lambda: None)  # a job is never refused for time
+    token.cancel(JOB_CANCELED)
+    with pytest.raises(RequestCancelled):
+        token.check("m", 2, 4)

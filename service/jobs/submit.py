@@ -175,7 +175,8 @@ async def build_job(layer: Any, scope: dict, body: bytes) -> tuple[Job, dict[str
         await anyio.to_thread.run_sync(check_image, endpoint, uploads["image"], served, layer.settings)
     job = Job(id=new_id(), endpoint=endpoint, model=served.name, created_at=time.time(),
               idempotency_key=key.strip() if key else None, fingerprint=fingerprint(endpoint, fields, uploads),
-              webhook=webhook, webhook_events=events, inputs={name: name for name in uploads})
+              webhook=webhook, webhook_events=events, inputs={name: name for name in uploads},
+              unit="graph runs" if endpoint == "generate" else "tiles")
     if endpoint == "generate" and all(fields.get(k) is None for k in ("seed", "latent", "interpolate")):
         fields["seed"] = secrets.randbelow(2**32)  # as handlers.generate draws it; fixed for a re-run
     job.params = fields
