@@ -382,6 +382,13 @@ def test_disk_full_fails_the_job_and_leaves_nothing(main, jobs_dir):
         assert not list((folder / "results").iterdir()) or all(
             not p.name.startswith(".") and p.name != job["id"] for p in (folder / "results").iterdir())
         assert not (folder / "inputs" / job["id"]).exists()
+        with open(filler, "ab") as f:  # now not even the upload fits: refused at once, nothing kept
+            free = os.statvfs(folder)
+            f.write(b"\0" * max(free.f_bavail * free.f_frsize - 16_000, 0))
+        before = set((folder / "inputs").iterdir())
+        refused = submit(main, "/upscale", files={"image": ("a.png", png(300, 14), "image/png")}, data=SR)
+        assert refused.status_code == 507 and "GANFORGE_JOBS_DIR" in refused.json()["error"], refused.text
+        assert set((folder / "inputs").iterdir()) == before
     finally:
         filler.unlink()
     again = wait(main, submit(main, "/upscale", files={"image": ("a.png", png(300, 13), "image/png")}, data={"model": "srresnet-x4"}).json()["id"],
