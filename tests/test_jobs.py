@@ -421,6 +421,8 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
         http = httpx.Client(base_url=base, timeout=60)
         early = wait(http, submit(http, "/upscale", files={"image": ("a.png", png(40, 20))}, data={"model": "srresnet-x4"}).json()["id"], finished)
         early_bytes = http.get(early["result_url"]).content
+        off = submit(http, "/generate", json={"seed": 1, "webhook": "http://127.0.0.1:9/hook"})  # no hosts listed
+        assert off.status_code == 422 and "GANFORGE_WEBHOOK_HOSTS" in off.json()["error"]
         batch = [submit_slow(http, side=120, seed=30 + k)["id"] for k in range(4)]
         for job_id in batch:
             assert wait(http, job_id, finished)["status"] == "succeeded"
