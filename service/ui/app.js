@@ -472,7 +472,12 @@ async function resumeJob() {
     fillModels();
   }
   clearOutput();
-  await followJob(saved, await resp.json());
+  try {
+    await followJob(saved, await resp.json());
+  } catch (err) {  // the service went away while we followed it: a later reload tries again
+    showError(`Lost touch with job ${saved.id}: ${err.message}`);
+    setBusy(false);
+  }
 }
 
 function setBusy(busy) {
