@@ -40,7 +40,8 @@ def timed_server(models_dir: Path, tmp: Path, **env_overrides: str):
 
     port = free_port()
     env = {**os.environ, "GANFORGE_MODELS_DIR": str(models_dir), "BENTOML_HOME": str(tmp / f"home-{port}"),
-           "BENTOML_DO_NOT_TRACK": "True", **COMMON_ENV, **env_overrides}
+           "BENTOML_DO_NOT_TRACK": "True", "GANFORGE_JOBS_DIR": str(tmp / f"jobs-{port}"), **COMMON_ENV,
+           **env_overrides}
     env.pop("GANFORGE_AUTH_TOKEN", None)
     log_path = tmp / f"server-{port}.log"
     base = f"http://127.0.0.1:{port}"

@@ -16,6 +16,8 @@ message naming the variable. The service reads its settings through `settings()`
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
 import functools
 import os
@@ -162,9 +164,38 @@ def _read_precision(var: Variable, raw: str) -> tuple[str, tuple[tuple[str, str]
     return default or var.default, tuple(sorted(per_model.items()))
 
 
+def _read_hosts(var: Variable, raw: str) -> tuple[str, ...]:
+    """`a.example, b.example:8080` -> ("a.example", "b.example:8080"), lower case."""
+    hosts = []
+    for item in raw.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if "/" in item or "@" in item or " " in item:
+            raise SettingsError(f"{var.name}: {item!r} must be a host name or host:port, not a URL")
+        hosts.append(item)
+    return tuple(hosts)
+
+
+def _read_webhook_secret(var: Variable, raw: str) -> str | None:
+    """Standard Webhooks' secret form: `whsec_` + base64 of the key (24 to 64 bytes)."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not raw.startswith("whsec_"):
+        raise SettingsError(f"{var.name} must be in the form whsec_<base64 key>")
+    try:
+        key = base64.b64decode(raw[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError(f"{var.name}: the part after whsec_ is not base64") from None
+    if not 24 <= len(key) <= 64:
+        raise SettingsError(f"{var.name}: the key must be 24 to 64 bytes, got {len(key)}")
+    return raw
+
+
 _READERS: dict[str, Callable[[Variable, str], Any]] = {
     "path": _read_path, "text": _read_text, "choice": _read_choice, "int": _read_int, "float": _read_float,
-    "bool": _read_bool, "precision": _read_precision,
+    "bool": _read_bool, "precision": _read_precision, "hosts": _read_hosts, "webhook_secret": _read_webhook_secret,
 }
 
 
@@ -273,6 +304,27 @@ class Settings:
         help="""1: ganforge's own per-model Prometheus series and trace spans (`service/telemetry.py`,
         [Metrics](#metrics)) beside BentoML's; 0: not recorded (BentoML's `/metrics` stays), for measuring
         what they cost (`python -m bench --only telemetry`)""")
+    # jobs (service/jobs/, issue 23)
+    jobs_dir: Path = env_var(
+        "GANFORGE_JOBS_DIR", REPO_ROOT / "jobs", shown="`jobs/` beside `service/`",
+        help="""where jobs live (`service/jobs/`): `jobs.sqlite3` (SQLite, WAL mode), `inputs/<id>/` (uploads,
+        written atomically, so a restarted server can run the job again) and `results/<id>` (written
+        atomically). Every worker and every restart must see the same folder (a volume in the container);
+        the startup log and `GET /models` name it""")
+    jobs_ttl_s: float = env_var(
+        "GANFORGE_JOBS_TTL_S", 86400.0, minimum=1.0,
+        help="""a finished job and its result are removed this many seconds after it finished (`expires_at`);
+        the service sweeps them itself""")
+    jobs_max_queued: int = env_var(
+        "GANFORGE_JOBS_MAX_QUEUED", 100, minimum=1,
+        help="jobs waiting to run (all workers) before a `Prefer: respond-async` request is answered 429")
+    webhook_hosts: tuple[str, ...] = env_var(
+        "GANFORGE_WEBHOOK_HOSTS", (), kind="hosts", shown="none",
+        help="""comma list of host names (or host:port) a job's `webhook` may call; none: a request with
+        `webhook` is refused 422""")
+    webhook_secret: str | None = env_var(
+        "GANFORGE_WEBHOOK_SECRET", None, kind="webhook_secret", shown="unset",
+        help="the Standard Webhooks signing secret, `whsec_<base64>`; needed for webhooks")
 
     def precision_for(self, name: str) -> str:
         """The precision GANFORGE_PRECISION asks for model `name`."""

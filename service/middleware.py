@@ -24,6 +24,8 @@ In order, per HTTP request:
    task waits on the real `receive` for `http.disconnect` and cancels the token when the client
    leaves before its answer started, so the worker thread stops within one tile.
 
+   With `Prefer: respond-async`, the checked body goes to service/jobs/ instead (202 and a job).
+
 6. every POST to an image API gets a `telemetry.RequestRecord` on arrival (bound like the token), which
    counts it once, with the status it was answered and what the handler noted, when it ends
    (service/telemetry.py; not with GANFORGE_METRICS=0).
@@ -42,7 +44,7 @@ import json
 import logging
 from typing import Any
 
-from . import deadline, telemetry
+from . import deadline, jobs, telemetry
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -301,6 +303,9 @@ class GanforgeMiddleware:
             problem = await self._check_body(scope, receive, wanted)
             if isinstance(problem, tuple):
                 await error_response(*problem)(scope, receive, send)
+                return
+            if jobs.prefers_async(scope.get("headers", ())):  # run it as a job: 202 (service/jobs/)
+                await (await jobs.submit(scope, problem))(scope, receive, send)
                 return
             await run_watched(self.app, scope, problem, receive, send, token)
         finally:

@@ -7,6 +7,7 @@ Endpoints (names are the contract of /work/shared/DESIGN.md):
   GET  /models                   -> {"device": ..., "models": [...]} (cards' public fields + status)
   POST /admin/reload             -> re-scan models/ in this worker, swap in what changed (token-guarded)
   GET  /ui                       -> the demo page (service/ui/: static HTML/CSS/JS)
+  Prefer: respond-async on the three POSTs -> 202 and a job; /jobs/... (service/jobs/)
   /livez /readyz /healthz /metrics /docs.json: BentoML's.
 
 The API methods return a Starlette `Response` (image bytes + media type +
@@ -36,7 +37,7 @@ from starlette.routing import Route
 
 from core import imaging as core_imaging
 
-from . import handlers, inference, telemetry, ui
+from . import handlers, inference, jobs, telemetry, ui
 from .admission import BOOK
 from .config import backstop_timeout, settings
 from .deadline import RequestCancelled
@@ -68,7 +69,8 @@ ImageOut = Annotated[Path, ContentType("image/*")]
 
 
 def _image_response(fn, *args: Any, **kwargs: Any) -> Response:
-    with telemetry.handler():  # the request's queue stage ends here, its handler time starts
+    # jobs.PRIORITY: while a sync request is in its handler, this worker's running job waits at its next tile
+    with telemetry.handler(), jobs.PRIORITY.sync():  # the request's queue stage ends here, its handler time starts
         try:
             result = fn(*args, **kwargs)
         except RequestCancelled as exc:  # logged where it stopped, with its progress
@@ -86,7 +88,9 @@ async def list_models(request: Request) -> JSONResponse:
     """The registry's models, plus `admission`: this worker's speed estimates and what it refused
     or cancelled (service/admission.py, service/deadline.py)."""
     service = bentoml.get_current_service()
-    return JSONResponse({**service.registry.describe(), "admission": BOOK.describe(service.settings.timeout_s)})
+    jobs_info = await anyio.to_thread.run_sync(service.jobs.describe)
+    return JSONResponse({**service.registry.describe(), "admission": BOOK.describe(service.settings.timeout_s),
+                         "jobs": jobs_info})
 
 
 async def reload_models(request: Request) -> JSONResponse:
@@ -100,6 +104,7 @@ models_app = Starlette(routes=[
     Route("/models", list_models, methods=["GET"]),
     Route("/admin/reload", reload_models, methods=["POST"]),
     *ui.routes,
+    *jobs.routes,
 ])
 
 
@@ -123,6 +128,9 @@ class Ganforge:
         logger.info("ganforge: %d model(s), %d ready, device %s, models dir %s",
                     len(self.registry.models), ready, self.registry.device, self.settings.models_dir)
         inference.warm_up_all(list(self.registry.models.values()))  # seeds admission's speed estimates
+        # jobs (service/jobs/): run the same API methods' validation and handlers as the sync calls
+        self.jobs = jobs.JobLayer(self.registry, self.settings, {n: a.input_spec for n, a in Ganforge.apis.items()})
+        self.jobs.start()
         self._stop_watch = threading.Event()
         if self.settings.reload_poll_s > 0:
             threading.Thread(target=self._watch_models, name="ganforge-reload", daemon=True).start()
@@ -138,6 +146,7 @@ class Ganforge:
     @bentoml.on_shutdown
     def stop_watch(self) -> None:
         self._stop_watch.set()
+        self.jobs.stop()  # a running job goes back to the queue
 
     def __is_ready__(self) -> bool:
         """/readyz: 503 while a model is unavailable, only with GANFORGE_READY_REQUIRES_ALL=1."""

@@ -38,6 +38,37 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def process_parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                found[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def kill_server_tree(worker_pid: int, sig: int = signal.SIGKILL) -> int:
+    """Send `sig` to a server this process started, all of it at once: from one of its workers up to
+    the `bentoml serve` child of this process, then every descendant of that (the workers run in
+    sessions of their own, so a process-group kill misses them). Returns how many were signalled."""
+    parents = process_parents()
+    root = worker_pid
+    while parents.get(root) not in (os.getpid(), None, 0, 1):
+        root = parents[root]
+    if parents.get(root) != os.getpid():
+        raise RuntimeError(f"process {worker_pid} is not under a server this process started")
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+    return len(tree)
+
+
 @contextlib.contextmanager
 def running_server(models: Path, tmp: Path, **env_overrides: str):
     """`bentoml serve service.service:Ganforge` on a free loopback port, ready; yields (base_url, log_path)."""
@@ -51,6 +82,7 @@ def running_server(models: Path, tmp: Path, **env_overrides: str):
         "GANFORGE_DEVICE": "auto",
         "BENTOML_HOME": str(tmp / "bentoml_home"),
         "BENTOML_DO_NOT_TRACK": "True",
+        "GANFORGE_JOBS_DIR": str(tmp / "jobs"),  # never the repository's jobs/ folder
         **env_overrides,
     }
     if "GANFORGE_AUTH_TOKEN" not in env_overrides:

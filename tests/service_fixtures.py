@@ -106,6 +106,7 @@ class service_client:
             "GANFORGE_MODELS_DIR": str(models_dir),
             "GANFORGE_DEVICE": "auto",
             "BENTOML_CONFIG_OPTIONS": "services.ganforge.metrics.enabled=false",
+            "GANFORGE_JOBS_DIR": str(Path(models_dir).parent / "jobs"),  # never the repository's jobs/
             **env,
         }
 

@@ -4,6 +4,8 @@
 "use strict";
 
 const TOKEN_KEY = "ganforge.token";
+const JOB_KEY = "ganforge.job";  // the running job (translate, upscale), found again after a reload
+const JOB_POLL_MS = 400;
 const MAX_SEED = (1n << 63n) - 1n;
 const $ = (id) => document.getElementById(id);
 
@@ -14,6 +16,7 @@ const state = {
   inputShown: false, // the browser could decode the input (garbage bytes are still sent)
   inputUrl: null,   // object URLs, revoked when replaced
   outputUrl: null,
+  job: null,        // {id, endpoint, model, submitted, curl} while a job runs
 };
 
 // ------------------------------------------------------------------ small helpers
@@ -197,15 +200,32 @@ function renderCard(model) {
     (input.multiple_of > 1 ? `, padded to a multiple of ${input.multiple_of}` : ""));
   if (output.size) add("output size", output.size.join("×"));
   if (output.scale && output.scale !== 1) add("scale", `×${output.scale}`);
-  if (model.metrics) {
-    add("metrics", Object.entries(model.metrics)
-      .filter(([, v]) => typeof v === "number")
-      .map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toPrecision(4)}`).join(", "));
-  }
+  const metrics = model.metrics || {};
+  if (metrics.heldout) add("held-out", figures(metrics.heldout));
+  const parity = typeof metrics.parity_max_abs === "number" ? metrics.parity_max_abs : null;
+  if (parity !== null) add("export parity", `max abs error ${parity.toPrecision(3)} (torch vs ONNX)`);
+  else if (Object.keys(metrics).length) add("metrics", figures(metrics));
   const training = model.training || {};
   if (training.dataset) add("trained on", `${training.dataset.name || "?"}` +
     (training.steps ? `, ${training.steps} steps` : ""));
   card.replaceChildren(el("h2", {}, model.name), el("dl", {}, ...rows));
+}
+
+// The card's numbers, one level of nesting deep: {"psnr_y": 38.5, "anchors": {"espcn": {"psnr_y": 36.7}}}
+// -> "psnr_y 38.53, espcn psnr_y 36.71".
+function figures(values) {
+  const shown = (v) => (Number.isInteger(v) ? String(v) : v.toPrecision(4));
+  const parts = [];
+  for (const [key, value] of Object.entries(values)) {
+    if (typeof value === "number") parts.push(`${key} ${shown(value)}`);
+    else if (value && typeof value === "object" && !Array.isArray(value)) {
+      for (const [inner, v] of Object.entries(value)) {
+        if (typeof v === "number") parts.push(`${key}.${inner} ${shown(v)}`);
+        else if (v && typeof v === "object" && typeof v.psnr_y === "number") parts.push(`${inner} psnr_y ${shown(v.psnr_y)}`);
+      }
+    }
+  }
+  return parts.join(", ");
 }
 
 // ------------------------------------------------------------------ the input image
@@ -324,6 +344,10 @@ async function run(ev) {
   setBusy(true);
   setStatus(`Running /${endpoint} with ${model.name}…`);
   const started = performance.now();
+  if (endpoint !== "generate") {
+    await runAsJob(endpoint, model, request);
+    return;
+  }
   try {
     const resp = await fetch(`../${endpoint}`, request.init);
     if (!resp.ok) {
@@ -338,6 +362,120 @@ async function run(ev) {
     showError(`The request failed: ${err.message}`);
     setStatus("");
   } finally {
+    setBusy(false);
+  }
+}
+
+// ------------------------------------------------------------------ jobs (translate, upscale)
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+async function runAsJob(endpoint, model, request) {
+  request.init.headers = { ...request.init.headers, Prefer: "respond-async" };
+  const submitted = Date.now();
+  try {
+    const resp = await fetch(`../${endpoint}`, request.init);
+    if (resp.status !== 202) {
+      showError(await errorMessage(resp));
+      setStatus(`/${endpoint} refused the request after ${Date.now() - submitted} ms.`);
+      setBusy(false);
+      return;
+    }
+    const job = await resp.json();
+    const saved = { id: job.id, endpoint, model: model.name, submitted, curl: request.curl };
+    localStorage.setItem(JOB_KEY, JSON.stringify(saved));
+    await followJob(saved, job);
+  } catch (err) {
+    showError(`The request failed: ${err.message}`);
+    setStatus("");
+    setBusy(false);
+  }
+}
+
+function showJob(job) {
+  $("job").hidden = false;
+  $("job-progress").value = job.progress;
+  const total = job.total === null ? "?" : job.total;
+  const eta = job.eta_s === null || job.status !== "running" ? "" : ` · about ${Math.ceil(job.eta_s)} s left`;
+  $("job-text").textContent = `${job.status} · ${Math.round(job.progress * 100)}% · ${job.done}/${total} ${job.unit}${eta}`;
+  $("job-cancel").disabled = job.status !== "queued" && job.status !== "running";
+}
+
+function forgetJob() {
+  state.job = null;
+  localStorage.removeItem(JOB_KEY);
+  $("job").hidden = true;
+}
+
+async function followJob(saved, first) {
+  state.job = saved;
+  setBusy(true);
+  setStatus(`Running /${saved.endpoint} with ${saved.model} as job ${saved.id}…`);
+  let job = first;
+  while (!["succeeded", "failed", "canceled"].includes(job.status)) {
+    showJob(job);
+    await sleep(JOB_POLL_MS);
+    const resp = await fetch(`../jobs/${encodeURIComponent(saved.id)}`, { headers: authHeaders(), cache: "no-store" });
+    if (!resp.ok) {
+      showError(await errorMessage(resp));
+      setStatus(`Lost job ${saved.id}.`);
+      if (resp.status === 404 || resp.status === 410) forgetJob();
+      setBusy(false);
+      return;
+    }
+    job = await resp.json();
+  }
+  showJob(job);
+  forgetJob();
+  setBusy(false);
+  if (job.status === "failed") {
+    showError(`Error ${job.error.status}: ${job.error.error}`);
+    setStatus(`/${saved.endpoint} refused the request (job ${saved.id} failed).`);
+    return;
+  }
+  if (job.status === "canceled") {
+    setStatus(`Canceled job ${saved.id}.`);
+    return;
+  }
+  const resp = await fetch(`../jobs/${encodeURIComponent(saved.id)}/result`, { headers: authHeaders() });
+  if (!resp.ok) {
+    showError(await errorMessage(resp));
+    return;
+  }
+  const blob = await resp.blob();
+  const model = state.models.find((m) => m.name === saved.model) || { name: saved.model };
+  await showOutput(saved.endpoint, model, resp, blob, Date.now() - saved.submitted, saved.curl);
+}
+
+async function cancelJob() {
+  if (!state.job) return;
+  $("job-cancel").disabled = true;
+  const resp = await fetch(`../jobs/${encodeURIComponent(state.job.id)}/cancel`,
+    { method: "POST", headers: authHeaders() });
+  if (!resp.ok) showError(await errorMessage(resp));
+}
+
+// After a reload: the job this page started, if it is still known.
+async function resumeJob() {
+  let saved = null;
+  try { saved = JSON.parse(localStorage.getItem(JOB_KEY) || "null"); } catch (_) { /* ignore */ }
+  if (!saved || !saved.id || state.job) return;
+  const resp = await fetch(`../jobs/${encodeURIComponent(saved.id)}`, { headers: authHeaders(), cache: "no-store" });
+  if (!resp.ok) {
+    if (resp.status === 404 || resp.status === 410) localStorage.removeItem(JOB_KEY);
+    return;
+  }
+  const radio = document.querySelector(`input[name="endpoint"][value="${saved.endpoint}"]`);
+  if (radio) {
+    radio.checked = true;
+    state.selected[saved.endpoint] = saved.model;
+    fillModels();
+  }
+  clearOutput();
+  try {
+    await followJob(saved, await resp.json());
+  } catch (err) {  // the service went away while we followed it: a later reload tries again
+    showError(`Lost touch with job ${saved.id}: ${err.message}`);
     setBusy(false);
   }
 }
@@ -408,7 +546,7 @@ function init() {
     const token = $("token").value.trim();
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
-    loadModels();
+    loadModels().then(resumeJob);
   };
   $("token-apply").addEventListener("click", applyToken);
   $("token").addEventListener("keydown", (ev) => {
@@ -435,8 +573,9 @@ function init() {
   $("zoom").addEventListener("change", applyZoom);
   $("match").addEventListener("change", applyZoom);
   $("controls").addEventListener("submit", run);
+  $("job-cancel").addEventListener("click", cancelJob);
   setupDrop();
-  loadModels();
+  loadModels().then(resumeJob);
 }
 
 init();

@@ -147,3 +147,13 @@ def test_gpu_check_says_there_is_no_gpu_and_exits_0(capsys, monkeypatch):
     monkeypatch.setattr(launcher, "running_server", None)  # must not be reached
     assert gpu_check.main([]) == 0
     assert capsys.readouterr().out.strip() == "gpu-check: no GPU here (no NVIDIA driver (test)); nothing to check"
+
+
+def test_jobs_section(smoke):
+    jobs = smoke[0]["sections"]["jobs"]
+    assert jobs["identical_bytes"] is True
+    assert set(jobs["latency"]) == {"sync", "job (poll 50 ms)", "job (Prefer: wait)", "job (events)"}
+    assert all(v["n"] >= 2 and v["p50_ms"] > 0 for v in jobs["latency"].values())
+    assert jobs["ratio"]["sync"] == 1.0 and len(jobs["cancel_to_idle_s"]) >= 1
+    assert jobs["restart"]["running_s"] >= jobs["restart"]["ready_s"] > 0
+    assert "restart -> ready" in smoke[1]

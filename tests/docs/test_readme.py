@@ -120,3 +120,29 @@ def test_readme_python_client_example(readme_server, workdir) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     with Image.open(workdir / "raindrops-512.png") as im:
         assert im.size == (512, 512)
+
+
+def _jobs_section() -> str:
+    text = README.read_text()
+    start = text.index("### Jobs")
+    return text[start:text.index("\n### ", start + 1)]
+
+
+def test_readme_jobs_examples(readme_server, workdir) -> None:
+    """The Jobs section's curl block (submit, poll, events, result, cancel, list) and its httpx loop."""
+    section = _jobs_section()
+    script = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("localhost:3000", readme_server)
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=workdir, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    job = json.loads((workdir / "job.json").read_text())
+    assert job["status"] == "queued" and job["endpoint"] == "upscale"
+    assert "event: succeeded" in done.stdout and '"status":"canceled"' not in done.stdout
+    with Image.open(workdir / "raindrops-512.png") as im:
+        assert im.size == (512, 512)
+    (workdir / "raindrops-512.png").unlink()
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1).replace("http://localhost:3000", readme_server)
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with Image.open(workdir / "raindrops-512.png") as im:
+        assert im.size == (512, 512)

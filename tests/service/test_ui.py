@@ -344,6 +344,25 @@ def test_keyboard_and_labels(ui):
     assert ui.meta("X-Seed") == "31"
 
 
+def test_image_runs_are_jobs_and_a_reload_finds_the_running_job(ui, http):
+    """translate and upscale go through `Prefer: respond-async` and /jobs; the page keeps its job in
+    localStorage, so a reload follows it to its result."""
+    page = ui.page
+    assert any("/jobs/" in u for u in ui.requests), "the earlier upscale/translate runs were not jobs"
+    sample = (REPO / "samples" / "raindrops-128.png").read_bytes()
+    job = http.post("/upscale", headers={"Prefer": "respond-async"}, files={"image": ("r.png", sample, "image/png")},
+                    data={"model": "srresnet-x4"}).json()
+    saved = {"id": job["id"], "endpoint": "upscale", "model": "srresnet-x4", "submitted": 0, "curl": []}
+    page.evaluate("(saved) => localStorage.setItem('ganforge.job', JSON.stringify(saved))", saved)
+    page.reload()
+    expect(page.locator("#status")).to_have_text(re.compile("^Done"))
+    expect(page.get_by_role("radio", name="upscale")).to_be_checked()
+    assert ui.output_size() == (512, 512) and ui.meta("X-Model") == "srresnet-x4"
+    assert page.evaluate("() => localStorage.getItem('ganforge.job')") is None
+    assert page.locator("#job-progress").evaluate("p => p.value") == 1
+    expect(page.locator("#card")).to_contain_text("export parity")
+
+
 def test_wrong_token_and_only_own_origin(ui, browser, server):
     fresh = PageUnderTest(browser, server)
     try:
