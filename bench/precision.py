@@ -10,7 +10,7 @@ throughput per core), `PSNR dB` is int8 against fp32 on that very input
 
 The int8 graphs are the card's `variants.int8` files when the model folder has
 them (what GANFORGE_PRECISION=int8 serves); otherwise they are made here by
-`training.quantize.build_variant` with the tool's defaults (calibration on the
+`modelops.quantize.build_variant` with the tool's defaults (calibration on the
 dataset the card names, or synthetic inputs) into bench/.cache/int8/ (never
 into models/). When even the tool's last try stays under its 40 dB gate
 (random-init weights can), the first try is measured anyway and the row says
@@ -33,7 +33,7 @@ from .models import CACHE, BenchModel, BenchModels
 
 
 def _key(model: BenchModel, quick: bool) -> str:
-    import training.quantize as tq
+    import modelops.quantize as tq
     h = hashlib.sha256(json.dumps([model.name, model.card.get("version"), quick]).encode())
     h.update(Path(tq.__file__).read_bytes())
     return h.hexdigest()[:16]
@@ -43,7 +43,8 @@ def int8_variant(model: BenchModel, profile: Profile, log) -> tuple[dict[str, Pa
     """role -> int8 file, and what it is (the card's, or built here)."""
     from contract import Card
     from contract.typed import to_plain
-    from training import quantize as tq
+    from modelops import quantize as tq
+    from training.calibration import dataset_images
 
     variant = (model.card.get("variants") or {}).get("int8")
     if isinstance(variant, dict) and variant.get("files"):
@@ -61,10 +62,11 @@ def int8_variant(model: BenchModel, profile: Profile, log) -> tuple[dict[str, Pa
         opts = tq.QuantizeOptions(name=model.name, models=model.folder.parent, per_channel=True,
                                   min_psnr=tq.DEFAULT_MIN_PSNR, data_root=None, rounds=1, **sizes)
         try:
-            variant = to_plain(tq.build_variant(model.folder, card, folder, opts, log=quiet))
+            variant = to_plain(tq.build_variant(model.folder, card, folder, opts, log=quiet, dataset=dataset_images))
             variant["gate_ok"] = True
         except tq.QuantizeError:
-            variant = to_plain(tq.build_variant(model.folder, card, folder, replace(opts, min_psnr=0.0), log=quiet))
+            variant = to_plain(tq.build_variant(model.folder, card, folder, replace(opts, min_psnr=0.0), log=quiet,
+                                             dataset=dataset_images))
             variant["gate_ok"] = False
         meta_path.write_text(json.dumps(variant, default=str))
     variant = json.loads(meta_path.read_text())
@@ -89,7 +91,7 @@ def photo_feeds(model: BenchModel, case: Case) -> dict[str, np.ndarray]:
 
 
 def psnr_vs(fp32_out: np.ndarray, int8_out: np.ndarray, out_range) -> float:
-    from training.metrics import psnr
+    from modelops.metrics import psnr
     lo, hi = sorted(float(v) for v in out_range)
     a, b = np.clip(fp32_out.astype(np.float64), lo, hi), np.clip(int8_out.astype(np.float64), lo, hi)
     return psnr(a, b, hi - lo)

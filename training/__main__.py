@@ -14,11 +14,11 @@ VERBS = {
                "publish someone else's generator weights (junyanz, ESRGAN, spandrel archs) as a model"),
     "eval": ("training.eval_cli", "measure a published model on held-out data (writes its card)"),
     "quantize": ("training.quantize", "write an int8 (QDQ) variant of a published model for the CPU provider"),
-    "optimize": ("training.optimize",
+    "optimize": ("modelops.optimize",
                  "apply the measured exact graph rewrites to a published model (export does it too)"),
     "bf16": ("training.bf16",
              "measure OpenVINO bf16 against fp32 on a published model and record the gate in its card"),
-    "fp16": ("training.export.fp16", "make the fp16 files the cards list as built (not in git) from the fp32 graphs"),
+    "fp16": ("modelops.fp16", "make the fp16 files the cards list as built (not in git) from the fp32 graphs"),
     "sheets": ("training.sheets", "sample sheets (PNG) of published models on held-out data, and a metrics table"),
 }
 

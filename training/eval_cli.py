@@ -11,7 +11,7 @@ import yaml
 from contract import CardError
 from contract.folder import ModelDirError
 
-from .cli import options_from_args
+from modelops.cli import options_from_args
 from .evaluate import DEFAULT_ANCHORS, EvalError, EvalOptions, evaluate_model
 
 

@@ -12,7 +12,7 @@ functions (core/pipelines.py: `upscale_image`, `translate_image`,
 images a client would get. The figures go into the card's `metrics.heldout`
 (card.json rewritten atomically through `contract.folder`; its sha256s cover the
 ONNX files only). Definitions are in docs/model-card.md ("Held-out metrics") and
-training/metrics.py.
+modelops/metrics.py.
 
 - upscale (srgan): PSNR / SSIM on the Y channel (ITU-R BT.601, MATLAB
   rgb2ycbcr), border of `scale` px cropped, vs PIL bicubic; FSRCNN / ESPCN /
@@ -55,7 +55,7 @@ from core.loading import ServedModel, load_model
 from core.runtime import CPU
 from core.settings import RuntimeSettings
 
-from .metrics import colourfulness, frechet_distance, psnr_from_mse, y_scores
+from modelops.metrics import colourfulness, frechet_distance, psnr_from_mse, y_scores
 from .registry import FAMILIES, Family, get_family
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ from PIL import Image, ImageOps
 
 from contract.folder import sha256_file
 
-from .cli import options_from_args
+from modelops.cli import options_from_args
 
 NAMES = ("fashion-mnist", "photos")
 

@@ -33,7 +33,7 @@ from contract import Card, CardError
 from contract.folder import ModelDirError, verify_model_dir
 from core.loading import ServedModel
 
-from .cli import options_from_args
+from modelops.cli import options_from_args
 from .evaluate import (EvalError, data_config, domain_images, family_of, generate, load_served, reader,
                        super_resolve, translate, translate_batch)
 

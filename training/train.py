@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .cli import options_from_args
+from modelops.cli import options_from_args
 from .config import RunConfig, load_config
 from .registry import get_recipe_class
 

@@ -1,5 +1,5 @@
 """OpenVINO beside onnxruntime (core/backends.py): the backend and precision choices, OpenVINO's outputs
-against onnxruntime's, bf16 within its card gate (training/bf16.py), concurrent callers, and a CPU-only start
+against onnxruntime's, bf16 within its card gate (modelops/bf16.py), concurrent callers, and a CPU-only start
 without onnxruntime's CUDA error lines (service/runtime.py)."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from training import checkpoint as ckpt
 from training import evaluate as ev
 from training.data import FASHION_MNIST_CLASSES
 from training import eval_cli
-from training import metrics as tm
+from modelops import metrics as tm
 from training.classifier import ClassifierConfig, ensure_classifier, to_classifier_input
 
 CLASSIFIER_STEPS = 20

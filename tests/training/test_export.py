@@ -367,12 +367,12 @@ def test_cli_rollback_through_python_m_training(tiny_ckpts, tmp_path):
 
 def test_srresnet_with_bicubic_skip_exports_optimized_with_fp16(tiny_datasets, tmp_path):
     """The shipped SR config (no norm, global bicubic skip). Export rewrites the bicubic Resize as a conv
-    (training/optimize.py): parity with torch and fp16 both hold on the rewritten graph. A folder published
+    (modelops/optimize.py): parity with torch and fp16 both hold on the rewritten graph. A folder published
     without the rewrite gets it from `python -m training optimize`, same function, new version, .prev kept."""
     import onnx
     import onnxruntime as ort
 
-    from training import optimize as opt
+    from modelops import optimize as opt
     from training.__main__ import main as cli
 
     raw = tiny_raw("srgan", tiny_datasets)

@@ -16,8 +16,12 @@ from service.config import Settings, SettingsError
 from service.registry import ModelRegistry
 from service_fixtures import encode, service_client, synthetic_photo, write_fixture_models
 from testkit.tiny import export_tiny_models
+from modelops import quantize as mq
+from modelops import rewrites
+from modelops.inputs import role_inputs
 from training import quantize as q
-from training.metrics import PSNR_CAP
+from training.calibration import dataset_images
+from modelops.metrics import PSNR_CAP
 
 # PSNR of int8 against fp32 that the tiny test networks (a few channels, 2 training steps) must reach;
 # the real models' figures are in their cards (the tool's own gate there is --min-psnr 40).
@@ -54,7 +58,7 @@ def test_convtranspose_as_conv_is_exact(k, s, p, op, bias):
                            kernel_shape=[k, k])
     before = cpu(model)
     rewritten = onnx.ModelProto.FromString(model.SerializeToString())
-    assert q.convtranspose_as_conv(rewritten) == 1
+    assert rewrites.convtranspose_as_conv(rewritten) == 1
     assert "ConvTranspose" not in {n.op_type for n in rewritten.graph.node}
     after = cpu(rewritten)
     for h, wd in ((1, 1), (7, 5), (8, 8)):
@@ -67,10 +71,10 @@ def test_convtranspose_as_conv_is_exact(k, s, p, op, bias):
 def test_convtranspose_rewrite_skips_what_it_cannot_express():
     w = np.ones((4, 2, 3, 3), np.float32)  # group 2: left alone
     model = one_node_model("ConvTranspose", w, None, 4, strides=[2, 2], pads=[1, 1, 1, 1], group=2)
-    assert q.convtranspose_as_conv(model) == 0
+    assert rewrites.convtranspose_as_conv(model) == 0
     model = one_node_model("ConvTranspose", np.ones((2, 2, 3, 3), np.float32), None, 2, strides=[2, 2],
                            pads=[0, 0, 0, 0])  # output 2L + 1: not s x the input
-    assert q.convtranspose_as_conv(model) == 0
+    assert rewrites.convtranspose_as_conv(model) == 0
     assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
 
 
@@ -81,7 +85,7 @@ def test_pad_narrow_convs_is_exact():
     model = one_node_model("Conv", w, b, 8, pads=[4, 4, 4, 4])
     wide = one_node_model("Conv", rng.standard_normal((16, 8, 3, 3)).astype(np.float32), None, 8)
     before = cpu(model)
-    assert q.pad_narrow_convs(model) == 1 and q.pad_narrow_convs(wide) == 0
+    assert rewrites.pad_narrow_convs(model) == 1 and rewrites.pad_narrow_convs(wide) == 0
     ops = [n.op_type for n in model.graph.node]
     assert ops == ["Conv", "Slice"]
     x = rng.standard_normal((1, 8, 12, 10)).astype(np.float32)
@@ -100,7 +104,7 @@ def test_bicubic_resize_as_conv_is_exact(scale, mode):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     model.ir_version = 9
     before = cpu(model)
-    assert q.resize_as_conv(model) == 1
+    assert rewrites.resize_as_conv(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Pad", "Conv", "DepthToSpace"]
     after = cpu(model)
     for h, w in ((1, 1), (2, 3), (9, 6)):  # edge clamping decides the small ones
@@ -110,12 +114,12 @@ def test_bicubic_resize_as_conv_is_exact(scale, mode):
         assert np.max(np.abs(got - want)) < 1e-5
     linear = one_node_model("Conv", np.ones((3, 3, 1, 1), np.float32), None, 3)
     linear.graph.node[0].op_type = "Resize"  # not a cubic Resize with scales: left alone
-    assert q.resize_as_conv(linear) == 0
+    assert rewrites.resize_as_conv(linear) == 0
 
 
 def test_psnr_definition():
-    assert q.psnr_from_mse(0.0, 2.0) == PSNR_CAP
-    assert q.psnr_from_mse(4e-4, 2.0) == pytest.approx(40.0)  # peak^2 / mse = 1e4
+    assert mq.psnr_from_mse(0.0, 2.0) == PSNR_CAP
+    assert mq.psnr_from_mse(4e-4, 2.0) == pytest.approx(40.0)  # peak^2 / mse = 1e4
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +144,7 @@ def measured_psnr(folder: Path, card: dict, role: str, feeds: list[dict]) -> flo
 def test_quantize_publishes_a_checked_int8_variant(family, tiny_models):
     folder = tiny_models / f"tiny-{family}"
     before = verify_model_dir(folder).to_dict()
-    variant = q.quantize_model(q.QuantizeOptions(name=folder.name, models=tiny_models, calibration=8, heldout=4,
+    variant = q.quantize_model(mq.QuantizeOptions(name=folder.name, models=tiny_models, calibration=8, heldout=4,
                                                  size=32, min_psnr=TINY_MIN_PSNR, rounds=1), log=quiet)
     checked = verify_model_dir(folder, deep=True)  # every file, int8 included, matches its sha256 and loads
     card = checked.to_dict()
@@ -155,7 +159,7 @@ def test_quantize_publishes_a_checked_int8_variant(family, tiny_models):
         if family in ("dcgan", "pix2pix"):
             assert roles["convtranspose_as_conv"] > 0  # their decoders, so that they can run int8
         assert roles["rewrite_max_abs"] < 1e-3
-        feeds, _ = q.role_inputs(checked, role, "test", 3, 40, None, seed=99, batch=3)
+        feeds, _ = role_inputs(checked, role, "test", 3, 40, None, seed=99, batch=3, dataset=dataset_images)
         assert measured_psnr(folder, card, role, feeds) >= TINY_MIN_PSNR
     assert variant["psnr_vs_fp32_db_min"] >= TINY_MIN_PSNR and variant["psnr_vs_fp32_db"] >= variant["psnr_vs_fp32_db_min"]
     assert variant["speedup"] > 0 and variant["timing"]["machine"]["logical_cores"] >= 1
@@ -170,8 +174,8 @@ def test_quantize_refuses_below_the_gate_and_writes_nothing(tiny_models, tmp_pat
     shutil.copytree(tiny_models / "tiny-srgan", models / "tiny-srgan")
     card_before = (models / "tiny-srgan" / "card.json").read_bytes()
     files_before = sorted(p.name for p in (models / "tiny-srgan").iterdir())
-    with pytest.raises(q.QuantizeError, match="below --min-psnr"):
-        q.quantize_model(q.QuantizeOptions(name="tiny-srgan", models=models, calibration=2, heldout=2, size=16,
+    with pytest.raises(mq.QuantizeError, match="below --min-psnr"):
+        q.quantize_model(mq.QuantizeOptions(name="tiny-srgan", models=models, calibration=2, heldout=2, size=16,
                                            min_psnr=PSNR_CAP + 1, rounds=1), log=quiet)
     assert (models / "tiny-srgan" / "card.json").read_bytes() == card_before
     assert sorted(p.name for p in (models / "tiny-srgan").iterdir()) == files_before
@@ -186,9 +190,9 @@ def test_quantize_refuses_below_the_gate_and_writes_nothing(tiny_models, tmp_pat
 def test_quantize_again_replaces_the_variant(tiny_models, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(tiny_models / "tiny-cyclegan", models / "tiny-cyclegan")
-    first = q.quantize_model(q.QuantizeOptions(name="tiny-cyclegan", models=models, calibration=4, heldout=2,
+    first = q.quantize_model(mq.QuantizeOptions(name="tiny-cyclegan", models=models, calibration=4, heldout=2,
                                                min_psnr=TINY_MIN_PSNR, rounds=1), log=quiet)
-    second = q.quantize_model(q.QuantizeOptions(name="tiny-cyclegan", models=models, calibration=8, heldout=2,
+    second = q.quantize_model(mq.QuantizeOptions(name="tiny-cyclegan", models=models, calibration=8, heldout=2,
                                                 per_channel=False, min_psnr=TINY_MIN_PSNR, rounds=1), log=quiet)
     card = verify_model_dir(models / "tiny-cyclegan", deep=True).to_dict()
     assert card["variants"]["int8"]["per_channel"] is False and first["per_channel"] is True
@@ -245,7 +249,7 @@ def served(tmp_path) -> Path:
     """The service's fixture models, srresnet-x4 with an int8 variant (synthetic calibration: no dataset)."""
     root = tmp_path / "models"
     write_fixture_models(root)
-    variant = q.quantize_model(q.QuantizeOptions(name="srresnet-x4", models=root, calibration=4, heldout=2, size=16,
+    variant = q.quantize_model(mq.QuantizeOptions(name="srresnet-x4", models=root, calibration=4, heldout=2, size=16,
                                                  rounds=1, min_psnr=TINY_MIN_PSNR), log=quiet)
     assert "synthetic" in variant["calibration"]["generator"]
     return root

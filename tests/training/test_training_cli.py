@@ -9,7 +9,7 @@ import pytest
 
 from training.__main__ import VERBS
 from training.__main__ import main as cli
-from training.cli import options_from_args
+from modelops.cli import options_from_args
 
 # verb -> (its options dataclass, its work function, arguments that set options away from their defaults,
 #          the namespace's other destinations: modes of the verb that are not options of its function)
@@ -30,15 +30,15 @@ CASES = {
              ["n", "--models", "m", "--data-root", "r", "--limit", "3", "--crop", "64", "--samples-per-class", "2",
               "--classifier-cache", "c", "--classifier-steps", "5", "--anchors", "a", "--data", "crop_size=128",
               "--data", "flip=false", "--seed", "4", "--dry-run"], ()),
-    "quantize": ("training.quantize:QuantizeOptions", "training.quantize:quantize_model",
+    "quantize": ("modelops.quantize:QuantizeOptions", "training.quantize:quantize_model",
                  ["n", "--models", "m", "--calibration", "2", "--heldout", "3", "--size", "16", "--no-per-channel",
                   "--min-psnr", "30", "--data-root", "r", "--rounds", "1", "--dry-run"], ()),
-    "optimize": ("training.optimize:OptimizeOptions", "training.optimize:optimize_model",
+    "optimize": ("modelops.optimize:OptimizeOptions", "modelops.optimize:optimize_model",
                  ["n", "--models", "m", "--dry-run"], ()),
-    "bf16": ("training.bf16:Bf16Options", "training.bf16:record_bf16",
+    "bf16": ("modelops.bf16:Bf16Options", "training.bf16:record_bf16",
              ["a", "b", "--models", "m", "--count", "2", "--rounds", "3", "--gate", "50", "--data-root", "r",
               "--dry-run"], ()),
-    "fp16": ("training.export.fp16:Fp16Options", "training.export.fp16:materialize_models",
+    "fp16": ("modelops.fp16:Fp16Options", "modelops.fp16:materialize_models",
              ["a", "b", "--models", "m"], ()),
     "sheets": ("training.sheets:SheetsOptions", "training.sheets:draw_sheets",
                ["a", "--models", "m", "--out", "o", "--data-root", "r", "--n", "2", "--crop", "32", "--seed", "1",
@@ -103,7 +103,7 @@ def test_parsed_arguments_become_the_options(verb):
 def test_options_from_args_names_a_field_no_argument_fills():
     import argparse
 
-    from training.optimize import OptimizeOptions
+    from modelops.optimize import OptimizeOptions
 
     with pytest.raises(TypeError, match="fills no dry_run"):
         options_from_args(OptimizeOptions, argparse.Namespace(name="n", models="m"))

@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 from contract import Card, Variant
 from contract.folder import file_entry
+from modelops.fp16 import fp16_variant
+from modelops.numerics import Case, cpu_session
 
 from .card import write_card
-from .fp16 import fp16_variant
 from .graph import check_graph, export_graph, graph_io
 from .options import BuildOptions, ExportError, Exported, ExportJob, ParityError
-from .parity import Case, cpu_session, measure, parity_cases
+from .parity import measure, parity_cases
 
 # role, spec -> (parity cases, what the card says about them)
 CasesFor = Callable[[str, Any], "tuple[list[Case], dict[str, Any]]"]
@@ -27,8 +28,8 @@ Probe = Callable[[Path, str, Any], None]
 
 
 def optimize_role(path: Path, role: str, exported: Exported) -> None:
-    """The exact rewrites for onnxruntime CPU (training/optimize.py); parity afterwards checks them."""
-    from ..optimize import optimize_graph
+    """The exact rewrites for onnxruntime CPU (modelops/optimize.py); parity afterwards checks them."""
+    from modelops.optimize import optimize_graph
 
     counts = optimize_graph(path)
     if counts:

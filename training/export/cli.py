@@ -7,7 +7,7 @@ from pathlib import Path
 
 from contract.folder import ModelDirError, check_name, verify_model_dir
 
-from ..cli import options_from_args
+from modelops.cli import options_from_args
 from .options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, EXPORTERS, ExportError, ExportOptions, ParityError
 from .publish import export_checkpoint, rollback
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: dynamo, falling back to torchscript (default)")
     p.add_argument("--data-root", help="dataset root for the real parity inputs (default: the run config's)")
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
-                   help="apply the measured exact rewrites for onnxruntime CPU (training/optimize.py; default: on)")
+                   help="apply the measured exact rewrites for onnxruntime CPU (modelops/optimize.py; default: on)")
     p.add_argument("--default", action="store_true",
                    help="card `default: true`: the service serves this model when a request to its endpoint "
                         "names none (default: false)")

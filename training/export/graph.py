@@ -6,16 +6,14 @@ torch names (`s0`, `batch`, ...) are renamed to the card's ("N", "H", "W", "H*4"
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contract.folder import write_bytes_durably
+from modelops.numerics import quiet_exporter
 
 from .options import EXPORTERS, ExportError
 
@@ -32,15 +30,6 @@ def output_shape(spec, out) -> list[Any]:
     else:
         shape += [int(d) for d in out.shape[2:]]
     return shape
-
-
-def quiet_exporter():
-    """Silence the exporters' progress prints and deprecation chatter."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    return stack
 
 
 def _export_dynamo(spec, path: Path) -> None:

@@ -7,15 +7,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from contract import FileEntry
+from modelops.errors import ExportError
 
 DEFAULT_TOLERANCE = 1e-4
 # fp16 vs fp32 on outputs in [-1, 1]: 0.02 is 2.5 grey levels of 255, below what a viewer sees
 DEFAULT_FP16_TOLERANCE = 0.02
 EXPORTERS = ("auto", "dynamo", "torchscript")
-
-
-class ExportError(RuntimeError):
-    """The export cannot go on; the message says why."""
 
 
 class ParityError(ExportError):
@@ -31,7 +28,7 @@ class BuildOptions:
     description: str | None = None  # the card's one line (default: from the config)
     exporter: str = "auto"  # auto | dynamo | torchscript
     data_root: str | None = None  # dataset root for the real parity inputs (default: the run config's)
-    optimize: bool = True  # the exact rewrites for onnxruntime CPU (training/optimize.py)
+    optimize: bool = True  # the exact rewrites for onnxruntime CPU (modelops/optimize.py)
     default: bool = False  # the card's `default`: served when a request to the endpoint names no model
 
     def check(self) -> None:

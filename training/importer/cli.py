@@ -6,7 +6,7 @@ import sys
 
 from contract.folder import ModelDirError
 
-from ..cli import options_from_args
+from modelops.cli import options_from_args
 from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, ExportError, ParityError
 from .publish import ImportOptions, import_weights
 

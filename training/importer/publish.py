@@ -25,7 +25,9 @@ from contract.folder import check_name, sha256_file, utc_now
 from ..export.build import build_graphs
 from ..export.card import eval_mode_notes, graph_fields, io_fields, publish_card
 from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, BuildOptions, ExportError
-from ..export.parity import Case, abs_diff, parity_sizes, random_cases
+from modelops.numerics import Case, abs_diff, parity_sizes
+
+from ..export.parity import random_cases
 from ..export.publish import publish_folder
 from .errors import ImportFailed
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt
 from ..config import coerce
 from ..losses import GANLoss, VGGFeatureLoss, default_vgg19_path, feature_matching_loss
-from ..metrics import psnr_from_mse
+from modelops.metrics import psnr_from_mse
 from ..networks.layers import init_weights
 from ..networks.registry import arch_config, build_generator
 from ..networks.srgan import SRDiscriminator, SRDiscriminatorConfig
@@ -194,7 +194,7 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [-1, 1] (a training-progress figure, RGB, no border crop): training/metrics.py's."""
+    """PSNR in dB of images in [-1, 1] (a training-progress figure, RGB, no border crop): modelops/metrics.py's."""
     return torch.tensor(psnr_from_mse(float(F.mse_loss(a.clamp(-1, 1), b)), peak=2.0))
 
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from contract import Variant
 from contract.folder import CardError, fsync_dir, file_entry, read_card, sha256_file, write_bytes_durably
 
-from ..cli import options_from_args
-from .parity import Case, cpu_session, measure
-from .graph import quiet_exporter
-from .options import ExportError
+from .cli import options_from_args
+from .errors import ExportError
+from .numerics import Case, cpu_session, measure_against, quiet_exporter
 
 
 def toposort(graph) -> None:
@@ -79,7 +78,7 @@ def _check_role(src: Path, dst: Path, spec, cases: list[Case]) -> float | Except
     def reference(feeds):
         return fp32.run(["output"], feeds)[0]
 
-    return max(measure(half, spec, cases, reference).values())
+    return max(measure_against(half, cases, reference, "the fp32 graph").values())
 
 
 def fp16_variant(staging: Path, specs, cases_by_role: dict[str, list[Case]], tolerance: float,

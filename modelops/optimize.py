@@ -8,7 +8,7 @@ existed, and is a no-op on one that has them. Only rewrites that measured
 faster on the served fp32 graph are here (side by side, 2-core AMD EPYC,
 onnxruntime 1.31.1, 2 intra-op threads, interleaved medians):
 
-- `resize_as_conv` (training/rewrites.py): an integer-factor bicubic Resize,
+- `resize_as_conv` (modelops/rewrites.py): an integer-factor bicubic Resize,
   SRResNet's skip, becomes Pad(edge) + a grouped Conv + DepthToSpace.
   onnxruntime's cubic Resize kernel took 58 ms of a 600 ms srresnet-x4
   128->512 run (its profiler); rewritten: 1.12x the whole graph at 128->512,
@@ -44,8 +44,8 @@ from contract.folder import (LockBusy, ModelDirError, NotPublished, check_name, 
                              write_card_durably)
 
 from .cli import options_from_args
-from .export.options import ExportError
-from .export.parity import cpu_session, max_abs_diff, parity_sizes
+from .errors import ExportError
+from .numerics import cpu_session, max_abs_diff, parity_sizes
 from .rewrites import resize_as_conv
 
 TOLERANCE = 1e-4  # fp32 reassociation only (measured 5e-7); anything larger is a wrong rewrite
@@ -119,7 +119,7 @@ def restamp(staging: Path, card: Card, done: dict[str, Any], worst: float) -> No
         card.files[role] = file_entry(staging, card.files[role].path)
     for variant in card.variants.values():
         if variant.built:  # build-time files follow their fp32 graphs: remade from the rewritten ones
-            from .export.fp16 import make_fp16
+            from .fp16 import make_fp16
             for role, entry in variant.files.items():
                 make_fp16(staging / card.files[role].path, staging / entry.path)
                 variant.files[role] = file_entry(staging, entry.path)
