@@ -87,8 +87,8 @@ def _cache_key(name: str, overrides: list[str], exporter: str) -> str:
     h = hashlib.sha256()
     h.update((CONFIGS / f"{name}.yaml").read_bytes())
     h.update(json.dumps([overrides, exporter, torch.__version__]).encode())
-    exporter_sources = sorted((REPO / "training" / "export").glob("*.py")) + [REPO / "training" / "optimize.py",
-                                                                           REPO / "training" / "rewrites.py"]
+    exporter_sources = sorted((REPO / "training" / "export").glob("*.py")) + [
+        REPO / "modelops" / name for name in ("optimize.py", "rewrites.py", "fp16.py", "numerics.py")]
     for src in sorted((REPO / "training" / "networks").glob("*.py")) + exporter_sources:
         h.update(src.read_bytes())
     return h.hexdigest()[:16]

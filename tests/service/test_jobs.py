@@ -121,7 +121,20 @@ def idle_after(http, quiet_s: float = 0.5, timeout: float = 20.0) -> float:
 
 
 def sse(http, job_id: str, last_id: int | None = None, stop_after: int | None = None) -> list[dict]:
-    """Events of the stream (id, event, data) until it ends, or after `stop_after` events (then closed)."""
+    """Events of the stream (id, event, data) until the terminal one, or after `stop_after` events (then
+    closed). A stream the server ends before the terminal event (it caps a stream's length) is resumed
+    with the last id seen, as a client does."""
+    events = sse_once(http, job_id, last_id, stop_after)
+    while stop_after is None and (not events or events[-1]["event"] not in TERMINAL):
+        more = sse_once(http, job_id, events[-1]["id"] if events else last_id, None)
+        if not more and http.get(f"/jobs/{job_id}").json()["status"] in TERMINAL:
+            break  # nothing after the last id, and the job is over: the terminal event was already seen
+        events += more
+    return events
+
+
+def sse_once(http, job_id: str, last_id: int | None, stop_after: int | None) -> list[dict]:
+    """One connection's events."""
     headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
     events, current = [], {}
     with http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
@@ -457,7 +470,7 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
             time.sleep(0.1)
         assert http.get("/jobs/never-was").status_code == 404
         # SIGTERM (running_server's stop) in the middle of a job: it goes back to the queue
-        stopped = submit_slow(http, seed=41)
+        stopped = submit_slow(http, side=2 * SLOW_SIDE, seed=41)  # 4x the tiles: still running at SIGTERM
         wait(http, stopped["id"], lambda j: j["status"] == "running" and j["done"] >= 2)
         http.close()
     with running_server(models, tmp, **env) as (base, _):

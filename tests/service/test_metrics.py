@@ -214,7 +214,12 @@ def test_counts_are_exact_across_two_workers(two_workers):
             assert client.post("/generate", json={"model": "fashion-dcgan", "seed": seed}).status_code == 200
             tally[("fashion-dcgan", "generate", "ok", "200")] += 1
         models = {m["name"]: m for m in client.get("/models").json()["models"]}
-        after = samples(client.get("/metrics").text)
+        deadline = time.monotonic() + 10  # a worker counts a request as its answer goes out: scrape until
+        while True:  # both workers' last counts are in (the assertion below is on the last scrape)
+            after = samples(client.get("/metrics").text)
+            if request_tally(after) - request_tally(before) == tally or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     workers = per_worker_requests(multiproc_dir)
     assert len(workers) == WORKERS, workers  # so the counts below are sums over both
     assert request_tally(after) - request_tally(before) == tally, dumps(request_tally(after))
