@@ -225,6 +225,25 @@ class Settings:
     max_upload_bytes: int = env_var(
         "GANFORGE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1, shown="`20971520` (20 MiB)",
         help="largest request body; a larger one: 413")
+    max_media_bytes: int = env_var(
+        "GANFORGE_MAX_MEDIA_BYTES", 200 * 1024 * 1024, minimum=1, shown="`209715200` (200 MiB)",
+        help="""largest request body on `/upscale` and `/translate` when its file is a `video` or an `archive`
+        (an `image` stays under `GANFORGE_MAX_UPLOAD_BYTES`); the body is held in memory while it is checked,
+        then kept in `GANFORGE_JOBS_DIR`: 413""")
+    max_video_s: float = env_var(
+        "GANFORGE_MAX_VIDEO_S", 600.0, minimum=0.1,
+        help="longest `video` accepted (its streams' duration, read at submit): 413")
+    max_video_frames: int = env_var(
+        "GANFORGE_MAX_VIDEO_FRAMES", 36000, minimum=1,
+        help="""most frames a `video` may hold (counted from its packets at submit); each frame is also held to
+        `GANFORGE_MAX_INPUT_PIXELS` and its output to `GANFORGE_MAX_OUTPUT_PIXELS`: 413""")
+    archive_max_entries: int = env_var(
+        "GANFORGE_ARCHIVE_MAX_ENTRIES", 1000, minimum=1,
+        help="most entries (files and folders) an `archive` (a zip of images) may hold: 413")
+    archive_max_bytes: int = env_var(
+        "GANFORGE_ARCHIVE_MAX_BYTES", 2 * 1024**3, minimum=1, shown="`2147483648` (2 GiB)",
+        help="""most bytes an `archive`'s files may expand to, as its directory declares them (each file is
+        also held to `GANFORGE_MAX_UPLOAD_BYTES`, and one that expands over 100 times is a zip bomb): 413""")
     max_input_pixels: int = env_var(
         "GANFORGE_MAX_INPUT_PIXELS", 4096 * 4096, minimum=1, shown="`16777216` (4096²)",
         help="largest input image (width x height), checked from the image header before decoding: 413")
