@@ -154,6 +154,25 @@ def test_webm_out_reencodes_the_audio_and_says_so(server, videos, tmp_path):
     assert len(read_audio_packets(out)[0]) > 0
 
 
+def test_cancel_stops_a_video_job_within_a_tile_and_keeps_nothing(server, tmp_path):
+    http, jobs_dir = server
+    make_video(tmp_path / "slow.mp4", frames=6, width=400, height=240)  # slow-x4: dozens of 48 px tiles a frame
+    r = submit_file(http, "/upscale", "video", "slow.mp4", (tmp_path / "slow.mp4").read_bytes(), model="slow-x4")
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := http.get(f"/jobs/{job_id}").json())["done"] < 1:  # progress: frames done of frames
+        assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+        time.sleep(0.02)
+    assert job["total"] == 6 and job["unit"] == "frames"
+    assert http.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"
+    runs = http.get("/models").json()["admission"]["graph_runs"]
+    time.sleep(1.0)
+    assert http.get("/models").json()["admission"]["graph_runs"] - runs <= 1, "the job ran on after its cancel"
+    assert http.get(f"/jobs/{job_id}").json()["done"] < 6
+    no_leftovers(jobs_dir, job_id)
+
+
 def no_leftovers(jobs_dir: Path, job_id: str | None = None) -> None:
     results = jobs_dir / "results"
     assert not [p for p in results.iterdir() if p.name.startswith(".")], "a temp file was left behind"
@@ -305,3 +324,9 @@ def test_cli_killed_in_the_middle_of_a_folder_then_resumed(server, videos, tmp_p
     single = subprocess.run(client_cmd(base, src / "set0" / "img0.png", tmp_path / "one.webp", "--format", "webp",
                                        "--model", "srresnet-x4"), env=env, cwd=REPO, capture_output=True, text=True)
     assert single.returncode == 0 and (tmp_path / "one.webp").exists(), single.stderr
+    (tmp_path / "photos.zip").write_bytes(make_zip({name: (src / name).read_bytes() for name in names[:2]}))
+    zipped = subprocess.run(client_cmd(base, tmp_path / "photos.zip", tmp_path / "big.zip", "--model", "srresnet-x4"),
+                            env=env, cwd=REPO, capture_output=True, text=True)
+    assert zipped.returncode == 0, zipped.stderr
+    with zipfile.ZipFile(tmp_path / "big.zip") as zf:
+        assert sorted(zf.namelist()) == ["manifest.json", *names[:2]]
