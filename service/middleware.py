@@ -235,8 +235,8 @@ async def check_multipart(scope: dict, body: bytes, receive) -> tuple[str | None
     try:
         present = [name for name in FILE_FIELDS if name in form]
         if not present:
-            return None, f"send the image as a file in the multipart field '{FILE_FIELD}' (or a video in " \
-                         "'video', a zip of images in 'archive')"
+            return None, (f"send the image as a file in the multipart field '{FILE_FIELD}' (or a video in "
+                          "'video', a zip of images in 'archive')")
         if len(present) > 1 or len(form.getlist(present[0])) > 1:
             return None, f"send exactly one file, in one of {', '.join(repr(f) for f in FILE_FIELDS)}"
         field = present[0]

@@ -35,8 +35,8 @@ def media_field(uploads: dict[str, bytes]) -> str | None:
     return next((name for name in uploads if name in MEDIA_FIELDS), None)
 
 
-def check_media(layer: Any, endpoint: str, name: str, data: bytes, served: Any, validated: Any) -> dict[str, Any]:
-    """Refuse what cannot run (ApiError); what the probe found, for the job's JSON."""
+def check_media(layer: Any, endpoint: str, name: str, data: bytes, served: Any, validated: Any) -> None:
+    """Refuse what cannot run (ApiError)."""
     if endpoint not in ("upscale", "translate"):
         raise bad_request(f"'{name}' is taken by /upscale and /translate only")
     check_fields(endpoint, name, served, validated)
@@ -45,8 +45,9 @@ def check_media(layer: Any, endpoint: str, name: str, data: bytes, served: Any, 
             tmp.write(data)
             tmp.flush()
             if name == "archive":
-                return {"files": len(list_members(tmp.name, archive_limits(layer.settings)))}
-            return check_video(tmp.name, endpoint, served, validated, layer.settings)
+                list_members(tmp.name, archive_limits(layer.settings))
+            else:
+                check_video(tmp.name, endpoint, served, layer.settings)
     except ImageError as exc:
         raise imaging.as_api_error(exc) from None
     except OSError as exc:
@@ -66,12 +67,9 @@ def check_fields(endpoint: str, name: str, served: Any, validated: Any) -> None:
         handlers.translate_role(served, validated.direction)
 
 
-def check_video(path: str, endpoint: str, served: Any, validated: Any, settings: Any) -> dict[str, Any]:
+def check_video(path: str, endpoint: str, served: Any, settings: Any) -> None:
     info = probe(path, video_limits(settings))
-    width, height = info.width, info.height
     if endpoint == "upscale":
         native = served.image_spec.scale
-        imaging.check_pixels(width * native, height * native, settings.max_output_pixels,
+        imaging.check_pixels(info.width * native, info.height * native, settings.max_output_pixels,
                              f"a video frame's x{native} output")
-    return {"frames": info.frames, "width": width, "height": height, "duration_s": round(info.duration_s, 3),
-            "vfr": info.vfr, "codec": info.codec}

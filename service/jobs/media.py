@@ -80,10 +80,10 @@ def frame_function(ctx: Any, kwargs: dict[str, Any], job_token: Any) -> Callable
     served = ctx.registry.pick(ctx.job.endpoint, kwargs.get("model"))
     if ctx.job.endpoint == "upscale":
         scale = handlers.upscale_scale(served, kwargs.get("scale"))
-        run = lambda image: inference.upscale_image(served, image, scale)  # noqa: E731
+        run = lambda image: inference.upscale_image(served, image, scale)
     else:
         role = handlers.translate_role(served, kwargs.get("direction"))
-        run = lambda image: inference.translate_image(served, image, role)  # noqa: E731
+        run = lambda image: inference.translate_image(served, image, role)
     index = iter(range(1 << 62))
 
     def fn(pixels: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def run_video(ctx: Any) -> FileResult:
     fmt = video_format(kwargs.get("format"))
     fn = frame_function(ctx, kwargs, token)
     served_name = job.model or ""
-    hook = lambda done, total: token.check(served_name, done, total, "frames")  # noqa: E731
+    hook = lambda done, total: token.check(served_name, done, total, "frames")
     dst = ctx.files.result_path(job.id)
     with written(dst):
         report = transform_video(ctx.files.input_path(job.id, job.inputs["video"]), dst, fn, fmt=fmt,
@@ -131,7 +131,7 @@ def run_batch(ctx: Any) -> FileResult:
         with deadline.bound(PartToken(token)):
             return handler(ctx.registry, ctx.settings, image=data, **kwargs).body
 
-    hook = lambda done, total: token.check(job.model or "", done, total, "images")  # noqa: E731
+    hook = lambda done, total: token.check(job.model or "", done, total, "images")
     dst = ctx.files.result_path(job.id)
     params = {k: v for k, v in kwargs.items() if v is not None}
     with written(dst):

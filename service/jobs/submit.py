@@ -8,6 +8,8 @@ the multipart shape, and hands over the buffered body. Here, before anything is 
 - an upload's size is read from its header: the handler's pixel limits (413) and, for a header Pillow
   cannot read, the handler's 400; a file broken further in fails the job with the handler's error;
 - `webhook` / `webhook_events` are checked (service/jobs/webhooks.py).
+A `video` or an `archive` (always a job, `Prefer` or not) is checked by service/jobs/intake.py instead: probed
+or listed, and its fields checked as the handlers check them.
 Never checked: time. A job runs whatever fits the pixel limits, however slow the machine.
 
 A /generate without `seed`, `latent` or `interpolate` gets its seed drawn here (as the handler would
