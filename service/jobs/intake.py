@@ -69,7 +69,6 @@ def check_fields(endpoint: str, name: str, served: Any, validated: Any) -> None:
 
 def check_video(path: str, endpoint: str, served: Any, settings: Any) -> None:
     info = probe(path, video_limits(settings))
-    if endpoint == "upscale":
-        native = served.image_spec.scale
-        imaging.check_pixels(info.width * native, info.height * native, settings.max_output_pixels,
-                             f"a video frame's x{native} output")
+    native = served.image_spec.scale if endpoint == "upscale" else 1
+    imaging.check_pixels(info.width * native, info.height * native, settings.max_output_pixels,
+                         f"a video frame's x{native} output" if native > 1 else "a video frame's output")

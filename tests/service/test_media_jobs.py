@@ -30,7 +30,9 @@ from testkit.media import make_audio_only, make_video, psnr, read_audio_packets,
 pytestmark = pytest.mark.slow
 
 MAX_FRAMES = 30  # GANFORGE_MAX_VIDEO_FRAMES of this server
+MAX_VIDEO_S = 3  # GANFORGE_MAX_VIDEO_S
 MAX_ENTRIES = 12  # GANFORGE_ARCHIVE_MAX_ENTRIES
+MAX_OUTPUT_PIXELS = 2_000_000  # GANFORGE_MAX_OUTPUT_PIXELS: a 400x320 frame's x4 output is over it
 MIN_PSNR_DB = 30.0  # H.264 CRF 18 / VP9 CRF 32 against the sync PNG; a neighbour frame scores under 20
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -42,6 +44,7 @@ def server(tmp_path_factory):
     write_fixture_models(models)
     write_slow_model(models)
     env = {"GANFORGE_MAX_VIDEO_FRAMES": str(MAX_FRAMES), "GANFORGE_ARCHIVE_MAX_ENTRIES": str(MAX_ENTRIES),
+           "GANFORGE_MAX_OUTPUT_PIXELS": str(MAX_OUTPUT_PIXELS), "GANFORGE_MAX_VIDEO_S": str(MAX_VIDEO_S),
            "GANFORGE_JOBS_DIR": str(tmp / "jobs")}
     with running_server(models, tmp, **env) as (base, _):
         with httpx.Client(base_url=base, timeout=60) as http:
@@ -204,6 +207,10 @@ def test_video_refusals(server, videos, tmp_path):
     cases["audio only"] = ((tmp_path / "tone.mp4").read_bytes(), 415, "no video stream")
     make_video(tmp_path / "long.mp4", frames=MAX_FRAMES + 1, width=32, height=32)
     cases["too many frames"] = ((tmp_path / "long.mp4").read_bytes(), 413, "frames")
+    make_video(tmp_path / "slow-motion.mp4", frames=8, width=32, height=32, fps=2)  # 4 s
+    cases["too long"] = ((tmp_path / "slow-motion.mp4").read_bytes(), 413, "lasts")
+    make_video(tmp_path / "wide.mp4", frames=2, width=400, height=320)
+    cases["too many pixels out"] = ((tmp_path / "wide.mp4").read_bytes(), 413, "x4 output")
     for what, (body, status, word) in cases.items():
         endpoint = "/translate" if what == "bad direction" else "/upscale"
         fields = {"model": "nope"} if what == "unknown model" else {"format": "png"} if what == "bad format" \
