@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> dict:
             with httpx.Client(base_url=base, timeout=600) as http:
                 http.post(endpoint, files={"image": ("w.png", uploads[0])}, data=fields)  # warm the session
                 idle_rss = tree_rss(pid)
+                card = next(m for m in http.get("/models").json()["models"] if m.get("name") == args.model)
+                runs_on = {k: card.get(k) for k in ("backend", "device", "precision")}
                 rounds = []
                 for _ in range(args.rounds):
                     job, body, wall, peak = run_job(http, clip, endpoint, fields, pid)
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
         same_stamps = [t for t, _ in frames_in] == [t for t, _ in frames_out]
         same_audio = read_audio_packets(clip) == read_audio_packets(out)
     ratios = sorted(frames_n / wall / sync_fps for wall, _, sync_fps in rounds)
-    return {"op": args.op, "model": args.model, "input": f"{width}x{height}", "fps_in": args.fps, "frames": frames_n,
+    return {"op": args.op, "model": args.model, "runs_on": runs_on, "input": f"{width}x{height}", "fps_in": args.fps, "frames": frames_n,
             "job_wall_s": [round(wall, 2) for wall, _, _ in rounds],
             "job_fps": [round(frames_n / wall, 3) for wall, _, _ in rounds], "sync_frames": len(uploads),
             "sync_fps": [round(fps, 3) for _, _, fps in rounds], "job_vs_sync": [round(r, 3) for r in ratios],

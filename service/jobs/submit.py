@@ -197,8 +197,8 @@ async def build_job(layer: Any, scope: dict, body: bytes) -> tuple[Job, dict[str
 
 
 async def submit(scope: dict, body: bytes) -> JSONResponse:
-    """202 + Location + Preference-Applied, body the job; or the refusal as the sync API shapes it. A `video`
-    or an `archive` (service/jobs/intake.py) is a job with or without `Prefer`."""
+    """202 + Location (+ Preference-Applied when it was asked for), body the job; or the refusal as the sync API
+    shapes it. A `video` or an `archive` (service/jobs/intake.py) is a job with or without `Prefer`."""
     import bentoml
 
     layer = bentoml.get_current_service().jobs
@@ -207,5 +207,7 @@ async def submit(scope: dict, body: bytes) -> JSONResponse:
         job, created = await anyio.to_thread.run_sync(layer.store_new, job, uploads)
     except ApiError as exc:
         return exc.response()
-    return JSONResponse(job.public(), status_code=202, headers={
-        "Location": f"/jobs/{job.id}", "Preference-Applied": PREFER_ASYNC})
+    headers = {"Location": f"/jobs/{job.id}"}
+    if prefers_async(scope.get("headers", ())):
+        headers["Preference-Applied"] = PREFER_ASYNC
+    return JSONResponse(job.public(), status_code=202, headers=headers)

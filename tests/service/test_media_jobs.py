@@ -107,6 +107,7 @@ def decoded(data: bytes) -> np.ndarray:
 def run_video(http, path: Path, endpoint: str, **fields) -> tuple[dict, bytes]:
     r = submit_file(http, endpoint, "video", path.name, path.read_bytes(), **fields)  # no Prefer: a job anyway
     assert r.status_code == 202 and r.headers["location"] == f"/jobs/{r.json()['id']}", r.text
+    assert "preference-applied" not in r.headers  # none was asked for
     assert r.json()["unit"] == "frames"
     job = wait(http, r.json()["id"])
     assert job["status"] == "succeeded", job
