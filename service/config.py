@@ -1,7 +1,8 @@
 """Service settings, read from GANFORGE_* environment variables (all optional), once per process.
 
 Every variable is declared once, on the `Settings` field it sets: its name, default, minimum
-or choices, and help text. `Settings.from_env` parses by that declaration, and the README's
+or choices, and help text. `Settings.from_env` parses by that declaration (service/env_readers.py: one
+reader per kind), and the README's
 configuration table and this module's CLI are generated from it:
 
     python -m service.config              # every variable: default and meaning
@@ -16,8 +17,6 @@ message naming the variable. The service reads its settings through `settings()`
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import dataclasses
 import functools
 import os
@@ -26,8 +25,9 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+from .env_readers import READERS, SettingsError
 from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +36,6 @@ TABLE_START, TABLE_END = "<!-- env-table -->", "<!-- /env-table -->"
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot use."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class Variable:
     field: str = ""  # the Settings field it sets
 
     def read(self, env: Mapping[str, str]) -> Any:
-        return _READERS[self.kind](self, env.get(self.name, ""))
+        return READERS[self.kind](self, env.get(self.name, ""))
 
     def default_text(self) -> str:
         """The default in Markdown: the value as it would be written in the variable, or `shown`."""
@@ -87,116 +83,6 @@ def env_var(name: str, default: Any, help: str, **declared: Any) -> Any:
     """A Settings field set by the environment variable `name` (see `Variable`)."""
     var = Variable(name, default, " ".join(help.split()), **declared)
     return dataclasses.field(default=default, metadata={"env": dataclasses.replace(var, kind=var.kind or _kind(default))})
-
-
-def _read_path(var: Variable, raw: str) -> Path:
-    raw = raw.strip()
-    return Path(raw).expanduser().resolve() if raw else var.default
-
-
-def _read_text(var: Variable, raw: str) -> str | None:
-    return raw if raw.strip() else var.default
-
-
-def _read_choice(var: Variable, raw: str) -> str:
-    value = raw.strip().lower() or var.default
-    if value not in var.choices:
-        raise SettingsError(f"{var.name}={value!r} must be one of {', '.join(var.choices)}")
-    return value
-
-
-def _read_int(var: Variable, raw: str) -> int:
-    raw = raw.strip()
-    if not raw:
-        return var.default
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        raise SettingsError(f"{var.name}={raw!r} is not an integer") from None
-    if value < var.minimum:
-        raise SettingsError(f"{var.name}={value} must be >= {var.minimum}")
-    return value
-
-
-def _read_float(var: Variable, raw: str) -> float:
-    raw = raw.strip()
-    if not raw:
-        return var.default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{var.name}={raw!r} is not a number") from None
-    if not value >= var.minimum:
-        raise SettingsError(f"{var.name}={value} must be >= {var.minimum}")
-    return value
-
-
-def _read_bool(var: Variable, raw: str) -> bool:
-    raw = raw.strip().lower()
-    if not raw:
-        return var.default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{var.name}={raw!r} must be 0 or 1")
-
-
-def _read_precision(var: Variable, raw: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """`int8`, `name:int8,other:fp32` or `int8,name:fp32` -> (default, ((model, precision), ...))."""
-    default, per_model = None, {}
-    for item in raw.replace(" ", "").split(","):
-        if not item:
-            continue
-        model, _, value = item.rpartition(":")
-        value = value.lower()
-        if value not in var.choices:
-            raise SettingsError(f"{var.name}: {item!r} must be PRECISION or NAME:PRECISION, PRECISION one of "
-                                f"{', '.join(var.choices)}")
-        if not model:
-            if default is not None:
-                raise SettingsError(f"{var.name}={raw!r} gives more than one default precision")
-            default = value
-        elif model in per_model:
-            raise SettingsError(f"{var.name}: model {model!r} is named twice")
-        else:
-            per_model[model] = value
-    return default or var.default, tuple(sorted(per_model.items()))
-
-
-def _read_hosts(var: Variable, raw: str) -> tuple[str, ...]:
-    """`a.example, b.example:8080` -> ("a.example", "b.example:8080"), lower case."""
-    hosts = []
-    for item in raw.split(","):
-        item = item.strip().lower()
-        if not item:
-            continue
-        if "/" in item or "@" in item or " " in item:
-            raise SettingsError(f"{var.name}: {item!r} must be a host name or host:port, not a URL")
-        hosts.append(item)
-    return tuple(hosts)
-
-
-def _read_webhook_secret(var: Variable, raw: str) -> str | None:
-    """Standard Webhooks' secret form: `whsec_` + base64 of the key (24 to 64 bytes)."""
-    raw = raw.strip()
-    if not raw:
-        return None
-    if not raw.startswith("whsec_"):
-        raise SettingsError(f"{var.name} must be in the form whsec_<base64 key>")
-    try:
-        key = base64.b64decode(raw[len("whsec_"):], validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError(f"{var.name}: the part after whsec_ is not base64") from None
-    if not 24 <= len(key) <= 64:
-        raise SettingsError(f"{var.name}: the key must be 24 to 64 bytes, got {len(key)}")
-    return raw
-
-
-_READERS: dict[str, Callable[[Variable, str], Any]] = {
-    "path": _read_path, "text": _read_text, "choice": _read_choice, "int": _read_int, "float": _read_float,
-    "bool": _read_bool, "precision": _read_precision, "hosts": _read_hosts, "webhook_secret": _read_webhook_secret,
-}
 
 
 def backstop_timeout(timeout_s: float) -> float:
