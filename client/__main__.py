@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     for name, what in [("upscale", "make images and videos larger"),
                        ("translate", "turn images and videos into another domain (same size)")]:
         sub = commands.add_parser(name, help=what)
-        sub.add_argument("input", type=Path, help="an image, a video, or a folder (walked recursively)")
+        sub.add_argument("input", type=Path, help="an image, a video, a .zip of images (one batch job: a .zip of "
+                         "results and manifest.json back), or a folder of them (walked recursively)")
         sub.add_argument("output", help="a file for one input (a folder when it exists or ends with /), "
                          "else a folder (the tree is kept)")
         common(sub)

@@ -18,11 +18,12 @@ from typing import Iterator
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm"}
+ARCHIVE_EXTENSIONS = {".zip"}  # a zip of images: one batch job, a zip of results (+ manifest.json) back
 OUTPUT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "mp4": ".mp4", "webm": ".webm"}
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
                ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",
-               ".mkv": "video/x-matroska", ".webm": "video/webm"}
+               ".mkv": "video/x-matroska", ".webm": "video/webm", ".zip": "application/zip"}
 PART_SUFFIX = ".part"
 
 
@@ -33,7 +34,7 @@ class Task:
     source: Path | None
     target: Path
     label: str  # what the progress bars and the failure list call it (the relative path)
-    field: str | None  # multipart field: "image" or "video"; None for /generate (JSON)
+    field: str | None  # multipart field: "image", "video" or "archive"; None for /generate (JSON)
     params: dict
 
     @property
@@ -43,11 +44,13 @@ class Task:
 
 def kind(path: Path) -> str | None:
     ext = path.suffix.lower()
+    if ext in ARCHIVE_EXTENSIONS:
+        return "archive"
     return "image" if ext in IMAGE_EXTENSIONS else "video" if ext in VIDEO_EXTENSIONS else None
 
 
 def walk(root: Path) -> Iterator[Path]:
-    """Image and video files under `root`, recursively, sorted; hidden files and folders are skipped."""
+    """Image, video and zip files under `root`, recursively, sorted; hidden files and folders are skipped."""
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -62,7 +65,8 @@ def plan(source: Path, output: Path, params: dict, image_format: str, video_form
     def task(path: Path, target: Path, label: str) -> Task:
         field = kind(path)
         fmt = video_format if field == "video" else image_format
-        return Task(path, target.with_suffix(OUTPUT_EXTENSIONS[fmt]), label, field, {**params, "format": fmt})
+        suffix = ".zip" if field == "archive" else OUTPUT_EXTENSIONS[fmt]
+        return Task(path, target.with_suffix(suffix), label, field, {**params, "format": fmt})
 
     if source.is_dir():
         return distinct([task(p, output / p.relative_to(source), str(p.relative_to(source))) for p in walk(source)])

@@ -1,7 +1,8 @@
 """Service settings, read from GANFORGE_* environment variables (all optional), once per process.
 
 Every variable is declared once, on the `Settings` field it sets: its name, default, minimum
-or choices, and help text. `Settings.from_env` parses by that declaration, and the README's
+or choices, and help text. `Settings.from_env` parses by that declaration (service/env_readers.py: one
+reader per kind), and the README's
 configuration table and this module's CLI are generated from it:
 
     python -m service.config              # every variable: default and meaning
@@ -16,8 +17,6 @@ message naming the variable. The service reads its settings through `settings()`
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import dataclasses
 import functools
 import os
@@ -26,8 +25,9 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+from .env_readers import READERS, SettingsError
 from .logs import LOG_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +36,6 @@ TABLE_START, TABLE_END = "<!-- env-table -->", "<!-- /env-table -->"
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot use."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class Variable:
     field: str = ""  # the Settings field it sets
 
     def read(self, env: Mapping[str, str]) -> Any:
-        return _READERS[self.kind](self, env.get(self.name, ""))
+        return READERS[self.kind](self, env.get(self.name, ""))
 
     def default_text(self) -> str:
         """The default in Markdown: the value as it would be written in the variable, or `shown`."""
@@ -89,116 +85,6 @@ def env_var(name: str, default: Any, help: str, **declared: Any) -> Any:
     return dataclasses.field(default=default, metadata={"env": dataclasses.replace(var, kind=var.kind or _kind(default))})
 
 
-def _read_path(var: Variable, raw: str) -> Path:
-    raw = raw.strip()
-    return Path(raw).expanduser().resolve() if raw else var.default
-
-
-def _read_text(var: Variable, raw: str) -> str | None:
-    return raw if raw.strip() else var.default
-
-
-def _read_choice(var: Variable, raw: str) -> str:
-    value = raw.strip().lower() or var.default
-    if value not in var.choices:
-        raise SettingsError(f"{var.name}={value!r} must be one of {', '.join(var.choices)}")
-    return value
-
-
-def _read_int(var: Variable, raw: str) -> int:
-    raw = raw.strip()
-    if not raw:
-        return var.default
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        raise SettingsError(f"{var.name}={raw!r} is not an integer") from None
-    if value < var.minimum:
-        raise SettingsError(f"{var.name}={value} must be >= {var.minimum}")
-    return value
-
-
-def _read_float(var: Variable, raw: str) -> float:
-    raw = raw.strip()
-    if not raw:
-        return var.default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{var.name}={raw!r} is not a number") from None
-    if not value >= var.minimum:
-        raise SettingsError(f"{var.name}={value} must be >= {var.minimum}")
-    return value
-
-
-def _read_bool(var: Variable, raw: str) -> bool:
-    raw = raw.strip().lower()
-    if not raw:
-        return var.default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{var.name}={raw!r} must be 0 or 1")
-
-
-def _read_precision(var: Variable, raw: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """`int8`, `name:int8,other:fp32` or `int8,name:fp32` -> (default, ((model, precision), ...))."""
-    default, per_model = None, {}
-    for item in raw.replace(" ", "").split(","):
-        if not item:
-            continue
-        model, _, value = item.rpartition(":")
-        value = value.lower()
-        if value not in var.choices:
-            raise SettingsError(f"{var.name}: {item!r} must be PRECISION or NAME:PRECISION, PRECISION one of "
-                                f"{', '.join(var.choices)}")
-        if not model:
-            if default is not None:
-                raise SettingsError(f"{var.name}={raw!r} gives more than one default precision")
-            default = value
-        elif model in per_model:
-            raise SettingsError(f"{var.name}: model {model!r} is named twice")
-        else:
-            per_model[model] = value
-    return default or var.default, tuple(sorted(per_model.items()))
-
-
-def _read_hosts(var: Variable, raw: str) -> tuple[str, ...]:
-    """`a.example, b.example:8080` -> ("a.example", "b.example:8080"), lower case."""
-    hosts = []
-    for item in raw.split(","):
-        item = item.strip().lower()
-        if not item:
-            continue
-        if "/" in item or "@" in item or " " in item:
-            raise SettingsError(f"{var.name}: {item!r} must be a host name or host:port, not a URL")
-        hosts.append(item)
-    return tuple(hosts)
-
-
-def _read_webhook_secret(var: Variable, raw: str) -> str | None:
-    """Standard Webhooks' secret form: `whsec_` + base64 of the key (24 to 64 bytes)."""
-    raw = raw.strip()
-    if not raw:
-        return None
-    if not raw.startswith("whsec_"):
-        raise SettingsError(f"{var.name} must be in the form whsec_<base64 key>")
-    try:
-        key = base64.b64decode(raw[len("whsec_"):], validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError(f"{var.name}: the part after whsec_ is not base64") from None
-    if not 24 <= len(key) <= 64:
-        raise SettingsError(f"{var.name}: the key must be 24 to 64 bytes, got {len(key)}")
-    return raw
-
-
-_READERS: dict[str, Callable[[Variable, str], Any]] = {
-    "path": _read_path, "text": _read_text, "choice": _read_choice, "int": _read_int, "float": _read_float,
-    "bool": _read_bool, "precision": _read_precision, "hosts": _read_hosts, "webhook_secret": _read_webhook_secret,
-}
-
-
 def backstop_timeout(timeout_s: float) -> float:
     """BentoML's traffic.timeout: a backstop a little after GANFORGE_TIMEOUT_S. The request's own
     deadline (service/deadline.py) answers first and stops the work; BentoML's answers 504 but
@@ -225,6 +111,25 @@ class Settings:
     max_upload_bytes: int = env_var(
         "GANFORGE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1, shown="`20971520` (20 MiB)",
         help="largest request body; a larger one: 413")
+    max_media_bytes: int = env_var(
+        "GANFORGE_MAX_MEDIA_BYTES", 200 * 1024 * 1024, minimum=1, shown="`209715200` (200 MiB)",
+        help="""largest request body on `/upscale` and `/translate` when its file is a `video` or an `archive`
+        (an `image` stays under `GANFORGE_MAX_UPLOAD_BYTES`); the body is held in memory while it is checked,
+        then kept in `GANFORGE_JOBS_DIR`: 413""")
+    max_video_s: float = env_var(
+        "GANFORGE_MAX_VIDEO_S", 600.0, minimum=0.1,
+        help="longest `video` accepted (its streams' duration, read at submit): 413")
+    max_video_frames: int = env_var(
+        "GANFORGE_MAX_VIDEO_FRAMES", 36000, minimum=1,
+        help="""most frames a `video` may hold (counted from its packets at submit); each frame is also held to
+        `GANFORGE_MAX_INPUT_PIXELS` and its output to `GANFORGE_MAX_OUTPUT_PIXELS`: 413""")
+    archive_max_entries: int = env_var(
+        "GANFORGE_ARCHIVE_MAX_ENTRIES", 1000, minimum=1,
+        help="most entries (files and folders) an `archive` (a zip of images) may hold: 413")
+    archive_max_bytes: int = env_var(
+        "GANFORGE_ARCHIVE_MAX_BYTES", 2 * 1024**3, minimum=1, shown="`2147483648` (2 GiB)",
+        help="""most bytes an `archive`'s files may expand to, as its directory declares them (each file is
+        also held to `GANFORGE_MAX_UPLOAD_BYTES`, and one that expands over 100 times is a zip bomb): 413""")
     max_input_pixels: int = env_var(
         "GANFORGE_MAX_INPUT_PIXELS", 4096 * 4096, minimum=1, shown="`16777216` (4096²)",
         help="largest input image (width x height), checked from the image header before decoding: 413")

@@ -78,14 +78,17 @@ def _encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int
     return body
 
 
-def _decode(path: Path | None, settings: Settings) -> DecodedImage:
-    """The upload, read and decoded (pixel limit from its header first): the request's decode stage."""
+def _decode(path: Path | bytes | None, settings: Settings) -> DecodedImage:
+    """The upload (a stored file, or bytes: one file of a batch job's archive), read and decoded (pixel limit
+    from its header first): the request's decode stage."""
     with telemetry.stage("decode"):
         decoded = imaging.decode_image(_read_upload(path), settings.max_input_pixels)
     return decoded
 
 
-def _read_upload(path: Path | None) -> bytes:
+def _read_upload(path: Path | bytes | None) -> bytes:
+    if isinstance(path, bytes):
+        return path
     if path is None:
         raise bad_request("send the image as a file in the multipart field 'image'")
     try:
@@ -202,11 +205,34 @@ def generate(
     return ImageResult(body, core_imaging.media_type(fmt), headers)
 
 
+def translate_role(served: ServedModel, direction: str | None) -> str:
+    """The graph role `direction` names on `served` (default a2b), or 422."""
+    if direction is None or direction == "":
+        direction = "a2b"
+    if direction not in DIRECTION_ROLES:
+        raise unprocessable(f"direction must be a2b or b2a, got {shown(direction)}")
+    if served.directions:
+        return direction
+    if direction == "a2b":
+        return "generator"
+    raise unprocessable(f"model {served.name!r} translates one way only (a2b)")
+
+
+def upscale_scale(served: ServedModel, scale: float | None) -> float:
+    """The `scale` field on `served` (default: its native scale), or 422."""
+    native = served.image_spec.scale
+    if scale is None:
+        return native
+    if not (math.isfinite(scale) and 1 <= scale <= native):
+        raise unprocessable(f"scale must be 1..{native} (the model's native scale is x{native}), got {shown(scale)}")
+    return scale
+
+
 def translate(
     registry: ModelRegistry,
     settings: Settings,
     *,
-    image: Path | None,
+    image: Path | bytes | None,
     model: str | None = None,
     direction: str | None = None,
     format: str | None = None,
@@ -214,16 +240,7 @@ def translate(
 ) -> ImageResult:
     served = registry.pick("translate", model)
     fmt, quality = imaging.parse_format(format, quality)
-    if direction is None or direction == "":
-        direction = "a2b"
-    if direction not in DIRECTION_ROLES:
-        raise unprocessable(f"direction must be a2b or b2a, got {shown(direction)}")
-    if served.directions:
-        role = direction
-    elif direction == "a2b":
-        role = "generator"
-    else:
-        raise unprocessable(f"model {served.name!r} translates one way only (a2b)")
+    role = translate_role(served, direction)
     started = time.perf_counter()
     decoded = _decode(image, settings)
     telemetry.images(input_pixels=decoded.width * decoded.height)
@@ -238,7 +255,7 @@ def upscale(
     registry: ModelRegistry,
     settings: Settings,
     *,
-    image: Path | None,
+    image: Path | bytes | None,
     model: str | None = None,
     scale: float | None = None,
     format: str | None = None,
@@ -247,10 +264,7 @@ def upscale(
     served = registry.pick("upscale", model)
     native = served.image_spec.scale
     fmt, quality = imaging.parse_format(format, quality)
-    if scale is None:
-        scale = native
-    if not (math.isfinite(scale) and 1 <= scale <= native):
-        raise unprocessable(f"scale must be 1..{native} (the model's native scale is x{native}), got {shown(scale)}")
+    scale = upscale_scale(served, scale)
     started = time.perf_counter()
     decoded = _decode(image, settings)
     telemetry.images(input_pixels=decoded.width * decoded.height)

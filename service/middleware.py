@@ -5,8 +5,9 @@ In order, per HTTP request:
    /healthz, /metrics and the demo page's static files under /ui stay open:
    the page sends the token its user types in with its API calls);
 2. for the image APIs: Content-Type check (415), body size limit from
-   Content-Length and while reading (413), and for multipart bodies a parse
-   that requires exactly one *file* in `image` (400). The last one matters:
+   Content-Length and while reading (413: GANFORGE_MAX_UPLOAD_BYTES for an image,
+   GANFORGE_MAX_MEDIA_BYTES for a `video` or an `archive`), and for multipart bodies a parse
+   that requires exactly one *file*, in `image`, `video` or `archive` (400). The last one matters:
    BentoML downloads a URL given as a text field in place of a file, and
    turns a malformed multipart body into a 500;
 3. overload: more than GANFORGE_MAX_CONCURRENCY image-API requests in
@@ -24,7 +25,8 @@ In order, per HTTP request:
    task waits on the real `receive` for `http.disconnect` and cancels the token when the client
    leaves before its answer started, so the worker thread stops within one tile.
 
-   With `Prefer: respond-async`, the checked body goes to service/jobs/ instead (202 and a job).
+   With `Prefer: respond-async`, or a `video` or an `archive`, the checked body goes to service/jobs/
+   instead (202 and a job).
 
 6. every POST to an image API gets a `telemetry.RequestRecord` on arrival (bound like the token), which
    counts it once, with the status it was answered and what the handler noted, when it ends
@@ -62,6 +64,8 @@ BODY_TYPES = {
     "/upscale": "multipart/form-data",
 }
 FILE_FIELD = "image"
+MEDIA_FIELDS = ("video", "archive")  # always a job (service/jobs/intake.py), up to GANFORGE_MAX_MEDIA_BYTES
+FILE_FIELDS = (FILE_FIELD, *MEDIA_FIELDS)
 DEFAULT_MESSAGES = {
     400: "bad request",
     401: "missing or wrong bearer token",
@@ -220,25 +224,28 @@ def replay(body: bytes, receive):
     return _receive
 
 
-async def check_multipart(scope: dict, body: bytes, receive) -> str | None:
-    """None when the multipart body holds exactly one file in `image`, else the problem."""
+async def check_multipart(scope: dict, body: bytes, receive) -> tuple[str | None, str | None]:
+    """(the file's field, None) when the multipart body holds exactly one file, in `image`, `video` or
+    `archive`; else (None, the problem)."""
     request = Request({k: v for k, v in scope.items() if k != "app"}, replay(body, receive))
     try:
         form = await request.form(max_files=4, max_fields=32)
     except Exception:  # noqa: BLE001 - python-multipart raises several types
-        return "malformed multipart/form-data body"
+        return None, "malformed multipart/form-data body"
     try:
-        files = form.getlist(FILE_FIELD)
-        if not files:
-            return f"send the image as a file in the multipart field '{FILE_FIELD}'"
-        if len(files) > 1:
-            return f"send exactly one file in '{FILE_FIELD}'"
-        if not isinstance(files[0], UploadFile):
-            return f"'{FILE_FIELD}' must be a file upload, not a text field"
+        present = [name for name in FILE_FIELDS if name in form]
+        if not present:
+            return None, (f"send the image as a file in the multipart field '{FILE_FIELD}' (or a video in "
+                          "'video', a zip of images in 'archive')")
+        if len(present) > 1 or len(form.getlist(present[0])) > 1:
+            return None, f"send exactly one file, in one of {', '.join(repr(f) for f in FILE_FIELDS)}"
+        field = present[0]
+        if not isinstance(form[field], UploadFile):
+            return None, f"'{field}' must be a file upload, not a text field"
         for key, value in form.multi_items():
-            if key != FILE_FIELD and isinstance(value, UploadFile):
-                return f"unexpected file in field {key[:40]!r}; only '{FILE_FIELD}' takes a file"
-        return None
+            if key != field and isinstance(value, UploadFile):
+                return None, f"unexpected file in field {key[:40]!r}; only '{field}' takes a file"
+        return field, None
     finally:
         await form.close()
 
@@ -300,24 +307,27 @@ class GanforgeMiddleware:
         token = deadline.RequestToken(self.settings.timeout_s)  # the deadline counts from arrival
         self._in_flight += 1
         try:
-            problem = await self._check_body(scope, receive, wanted)
-            if isinstance(problem, tuple):
-                await error_response(*problem)(scope, receive, send)
+            checked = await self._check_body(scope, receive, wanted)
+            if isinstance(checked[0], int):  # (status, message): refused
+                await error_response(*checked)(scope, receive, send)
                 return
-            if jobs.prefers_async(scope.get("headers", ())):  # run it as a job: 202 (service/jobs/)
-                await (await jobs.submit(scope, problem))(scope, receive, send)
+            body, field = checked
+            if field in MEDIA_FIELDS or jobs.prefers_async(scope.get("headers", ())):  # a job: 202 (service/jobs/)
+                await (await jobs.submit(scope, body))(scope, receive, send)
                 return
-            await run_watched(self.app, scope, problem, receive, send, token)
+            await run_watched(self.app, scope, body, receive, send, token)
         finally:
             self._in_flight -= 1
 
-    async def _check_body(self, scope, receive, wanted: str) -> bytes | tuple[int, str]:
-        """The buffered body, or (status, message) to refuse it."""
+    async def _check_body(self, scope, receive, wanted: str) -> tuple[bytes, str | None] | tuple[int, str]:
+        """(the buffered body, its file's field), or (status, message) to refuse it. A multipart body may be
+        as large as GANFORGE_MAX_MEDIA_BYTES until its field says it is an image."""
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != wanted:
             shown_type = content_type[:60] or "none"
             return 415, f"Content-Type must be {wanted} for {scope['path']}, got {shown_type}"
-        limit = self.settings.max_upload_bytes
+        image_limit = self.settings.max_upload_bytes
+        limit = max(image_limit, self.settings.max_media_bytes) if wanted == "multipart/form-data" else image_limit
         length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
             return 413, f"request body is {int(length)} bytes; the limit is {limit} bytes"
@@ -325,8 +335,11 @@ class GanforgeMiddleware:
             body = await read_body(receive, limit)
         except BodyTooLarge:
             return 413, f"request body is larger than the limit of {limit} bytes"
-        if wanted == "multipart/form-data":
-            problem = await check_multipart(scope, body, receive)
-            if problem is not None:
-                return 400, problem
-        return body
+        if wanted != "multipart/form-data":
+            return body, None
+        field, problem = await check_multipart(scope, body, receive)
+        if problem is not None and len(body) <= image_limit:
+            return 400, problem
+        if field not in MEDIA_FIELDS and len(body) > image_limit:
+            return 413, f"request body is {len(body)} bytes; the limit for an image is {image_limit} bytes"
+        return body, field

@@ -9,8 +9,11 @@ Data flow:
   requests at every tile), writes results/<id> atomically, and records the end; every status change
   appends an event (events.py streams them) and, when asked, a webhook delivery (webhooks.py).
 
+A `video` or an `archive` upload (intake.py: probed / listed at submit) is always a job, of kind `video`
+or `batch` (media.py): each frame or image through the same pipeline, progress in frames or images.
+
 Modules: record (the Job), store (the interface) and sqlite (the embedded store), files, token,
-runner, submit, routes, events, webhooks, metrics, layer (one worker's parts together).
+runner, submit, intake, media, routes, events, webhooks, metrics, layer (one worker's parts together).
 """
 
 from .layer import JobLayer

@@ -1,7 +1,7 @@
 """One job as stored and as shown: the `Job` record, its public JSON, and the status names.
 
-A job is an endpoint + its parameters (JSON) + its stored input files + a kind (`image` today; `video`
-and `archive` next) whose runner function turns them into one result file. Nothing here is pickled:
+A job is an endpoint + its parameters (JSON) + its stored input files + a kind (`image`, `video`, `batch`)
+whose runner function turns them into one result file. Nothing here is pickled:
 parameters, errors and the result's media type and headers are JSON in the store.
 """
 
@@ -49,7 +49,7 @@ class Job:
     finished_at: float | None = None
     expires_at: float | None = None
     error: dict[str, Any] | None = None  # the sync API's {"error", "status"}
-    result: dict[str, Any] | None = None  # {"media_type", "headers", "bytes"}
+    result: dict[str, Any] | None = None  # {"media_type", "headers", "bytes"} (+ "media": video / batch)
     idempotency_key: str | None = None
     fingerprint: str | None = None
     webhook: str | None = None
@@ -80,4 +80,5 @@ class Job:
             "error": self.error,
             "result_url": f"/jobs/{self.id}/result" if self.status == SUCCEEDED else None,
             "expires_at": rfc3339(self.expires_at),
+            "media": (self.result or {}).get("media"),  # video: frames, size, audio copied / re-encoded; batch: counts
         }

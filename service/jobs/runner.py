@@ -11,7 +11,8 @@ A job whose owner died (SIGKILL, a crash) is claimed again: at once when the own
 this host that no longer exists (its pid and start time, from /proc), else once its lease expires.
 
 Kinds: `image` runs the same handler function as the sync API (service/handlers.py) on the stored
-upload, so a job's result is byte for byte the sync answer. Videos and archives will be other kinds.
+upload, so a job's result is byte for byte the sync answer; `video` and `batch` (service/jobs/media.py)
+run a video's frames or a zip's images through the same pipeline and write their result file themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..deadline import RequestCancelled
 from ..errors import ApiError
 from ..registry import ModelRegistry
 from .files import JobFiles, StorageFull
+from .media import FileResult, run_batch, run_video
 from .metrics import JobTelemetry
 from .record import CANCELED, FAILED, SUCCEEDED, Job
 from .signals import JobSignals
@@ -89,7 +91,8 @@ def first_estimate(ctx: JobContext, image_path) -> float | None:
     return BOOK.estimate(served, rate, height, width)
 
 
-KINDS: dict[str, Callable[[JobContext], handlers.ImageResult]] = {"image": run_image}
+KINDS: dict[str, Callable[[JobContext], handlers.ImageResult | FileResult]] = {
+    "image": run_image, "video": run_video, "batch": run_batch}
 
 
 def process_start(pid: int) -> str | None:
@@ -203,7 +206,7 @@ class Runner:
         try:
             result = KINDS[job.kind](ctx)
             token.check(job.model or "")  # cancelled while it encoded: keep nothing
-            self.files.save_result(job.id, result.body)
+            stored = self.keep(job, result)
         except RequestCancelled:
             if token.reason == SHUTDOWN:
                 self.store.requeue(job.id, self.owner)
@@ -221,7 +224,15 @@ class Runner:
         except Exception:  # noqa: BLE001 - the job fails, the runner goes on
             logger.exception("job %s failed", job.id)
             return FAILED, {"error": "the job failed on the server; see the server log", "status": 500}, None
-        return SUCCEEDED, None, {"media_type": result.media_type, "headers": result.headers, "bytes": len(result.body)}
+        return SUCCEEDED, None, stored
+
+    def keep(self, job: Job, result: handlers.ImageResult | FileResult) -> dict:
+        """The result in its file (a FileResult is there already); what the store keeps of it."""
+        if isinstance(result, FileResult):
+            stored = {"media_type": result.media_type, "headers": result.headers, "bytes": result.size}
+            return {**stored, "media": result.media} if result.media is not None else stored
+        self.files.save_result(job.id, result.body)
+        return {"media_type": result.media_type, "headers": result.headers, "bytes": len(result.body)}
 
     def _finish(self, job: Job, status: str, error: dict | None, result: dict | None, done: int,
                 total: int | None) -> None:

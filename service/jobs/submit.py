@@ -8,6 +8,8 @@ the multipart shape, and hands over the buffered body. Here, before anything is 
 - an upload's size is read from its header: the handler's pixel limits (413) and, for a header Pillow
   cannot read, the handler's 400; a file broken further in fails the job with the handler's error;
 - `webhook` / `webhook_events` are checked (service/jobs/webhooks.py).
+A `video` or an `archive` (always a job, `Prefer` or not) is checked by service/jobs/intake.py instead: probed
+or listed, and its fields checked as the handlers check them.
 Never checked: time. A job runs whatever fits the pixel limits, however slow the machine.
 
 A /generate without `seed`, `latent` or `interpolate` gets its seed drawn here (as the handler would
@@ -37,6 +39,7 @@ from core.imaging import OPEN_FORMATS
 
 from .. import imaging
 from ..errors import ApiError, bad_request
+from .intake import MEDIA_FIELDS, check_media, media_field
 from .record import Job, new_id
 
 PREFER_ASYNC = "respond-async"
@@ -120,12 +123,14 @@ async def read_fields(scope: dict, body: bytes) -> tuple[dict[str, Any], dict[st
     return fields, uploads
 
 
-def validate(spec: Any, fields: dict[str, Any], uploads: dict[str, bytes]) -> None:
-    """The API's pydantic model on the fields (uploads stand in as paths): 400 naming the problem."""
+def validate(spec: Any, fields: dict[str, Any], uploads: dict[str, bytes]) -> Any:
+    """The API's pydantic model on the fields (uploads stand in as paths; a video or an archive stands in for
+    the image): 400 naming the problem. The validated model."""
     from pydantic import ValidationError
 
+    stand_ins = {("image" if name in MEDIA_FIELDS else name): Path(os.devnull) for name in uploads}
     try:
-        spec.model_validate({**fields, **{name: Path(os.devnull) for name in uploads}})
+        return spec.model_validate({**fields, **stand_ins})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise bad_request(f"invalid request: {problems}") from None
@@ -169,16 +174,22 @@ async def build_job(layer: Any, scope: dict, body: bytes) -> tuple[Job, dict[str
         raise bad_request(f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters")
     fields, uploads = await read_fields(scope, body)
     webhook, events = check_webhook(fields.pop("webhook", None), fields.pop("webhook_events", None), layer.settings)
+    media = media_field(uploads)
+    if media is not None and endpoint == "generate":
+        raise bad_request(f"'{media}' is taken by /upscale and /translate only")
     spec = layer.specs[endpoint]
-    validate(spec, fields, uploads)
+    validated = validate(spec, fields, uploads)
     model = fields.get("model")
     served = layer.registry.pick(endpoint, None if model in (None, "") else str(model))
-    if "image" in uploads:
+    kind, unit = "image", "graph runs" if endpoint == "generate" else "tiles"
+    if media is not None:
+        await anyio.to_thread.run_sync(check_media, layer, endpoint, media, uploads[media], served, validated)
+        kind, unit = MEDIA_FIELDS[media]
+    elif "image" in uploads:
         await anyio.to_thread.run_sync(check_image, endpoint, uploads["image"], served, layer.settings)
-    job = Job(id=new_id(), endpoint=endpoint, model=served.name, created_at=time.time(),
+    job = Job(id=new_id(), endpoint=endpoint, model=served.name, kind=kind, created_at=time.time(),
               idempotency_key=key.strip() if key else None, fingerprint=fingerprint(endpoint, fields, uploads),
-              webhook=webhook, webhook_events=events, inputs={name: name for name in uploads},
-              unit="graph runs" if endpoint == "generate" else "tiles")
+              webhook=webhook, webhook_events=events, inputs={name: name for name in uploads}, unit=unit)
     if endpoint == "generate" and all(fields.get(k) is None for k in ("seed", "latent", "interpolate")):
         fields["seed"] = secrets.randbelow(2**32)  # as handlers.generate draws it; fixed for a re-run
     job.params = fields
@@ -186,7 +197,8 @@ async def build_job(layer: Any, scope: dict, body: bytes) -> tuple[Job, dict[str
 
 
 async def submit(scope: dict, body: bytes) -> JSONResponse:
-    """202 + Location + Preference-Applied, body the job; or the refusal as the sync API shapes it."""
+    """202 + Location (+ Preference-Applied when it was asked for), body the job; or the refusal as the sync API
+    shapes it. A `video` or an `archive` (service/jobs/intake.py) is a job with or without `Prefer`."""
     import bentoml
 
     layer = bentoml.get_current_service().jobs
@@ -195,5 +207,7 @@ async def submit(scope: dict, body: bytes) -> JSONResponse:
         job, created = await anyio.to_thread.run_sync(layer.store_new, job, uploads)
     except ApiError as exc:
         return exc.response()
-    return JSONResponse(job.public(), status_code=202, headers={
-        "Location": f"/jobs/{job.id}", "Preference-Applied": PREFER_ASYNC})
+    headers = {"Location": f"/jobs/{job.id}"}
+    if prefers_async(scope.get("headers", ())):
+        headers["Preference-Applied"] = PREFER_ASYNC
+    return JSONResponse(job.public(), status_code=202, headers=headers)

@@ -97,3 +97,24 @@ class JobToken(RequestToken):
         now = time.monotonic()
         per_unit = (self.done_at - self.first_tile_at - self.yielded_s) / self.done
         return max(per_unit * (self.total - self.done) - (now - self.done_at), 0.0)
+
+
+class PartToken(RequestToken):
+    """What the pipeline sees while one frame of a video job, or one image of a batch job, runs: every tile
+    check yields and stops as the job's own token does, but the job's progress stays in frames (images),
+    not in this part's tiles. Its graph time (`model_seconds`) is this part's, as for a sync request."""
+
+    def __init__(self, job: JobToken) -> None:
+        super().__init__(math.inf)
+        self.job = job
+
+    def check(self, model: str = "", done: int | None = None, total: int | None = None,
+              unit: str = "tiles") -> None:
+        self.job.check(model)
+
+    def stop_reason(self) -> str | None:
+        return self.job.stop_reason()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job.cancelled
