@@ -73,7 +73,7 @@ def test_autocast_covers_the_networks_and_nothing_else(tiny_datasets):
     recipe = get_recipe_class("pix2pix")(cfg, CPU, precision=Precision("bf16", "cpu"))
     seen = []
     first_conv = next(m for m in recipe.nets["D"].modules() if isinstance(m, torch.nn.Conv2d))
-    first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))  # returns None: output kept
     batches = StepBatches(build_reader(cfg), cfg.seed, 4, 0, 2)
     for step in range(2):
         losses = recipe.train_step(recipe.to_device(batches[step]), step)
@@ -185,3 +185,17 @@ def test_a_non_finite_loss_names_its_step_and_the_last_good_checkpoint(tiny_data
         train(load_config(None, raw=raw), out_dir=tmp_path / "nan", log=quiet)
     for path in ckpt.list_checkpoints(tmp_path / "nan"):
         assert all(torch.isfinite(v).all() for v in ckpt.load(path)["nets"]["G"].values()), (path, str(e.value))
+
+
+def test_dcgan_keeps_its_generator_in_fp32_under_bf16(tiny_datasets):
+    """Its transposed convolutions' backward is far slower in bf16 (bench section training): G runs in fp32,
+    D in bf16."""
+    cfg = load_config(None, raw=_raw("dcgan", tiny_datasets, "bf16"))
+    torch.manual_seed(0)
+    recipe = get_recipe_class("dcgan")(cfg, CPU, precision=Precision("bf16", "cpu"))
+    seen = {}
+    for net in ("G", "D"):
+        conv = next(m for m in recipe.nets[net].modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+        conv.register_forward_hook(lambda m, i, o, net=net: seen.setdefault(net, o.dtype) and None)
+    recipe.train_step(recipe.to_device(StepBatches(build_reader(cfg), cfg.seed, 4, 0, 1)[0]), 0)
+    assert seen == {"G": torch.float32, "D": torch.bfloat16}

@@ -64,7 +64,7 @@ class Precision:
     """How one run computes: `name` fp32 | bf16 | fp16 on `device_type`."""
     name: str = "fp32"
     device_type: str = "cpu"
-    channels_last: bool = False  # networks and image batches in NHWC (set by Recipe.use_precision)
+    channels_last: bool | None = None  # networks and image batches in NHWC; None: as the recipe says
     scalers: dict[str, Any] = field(default_factory=dict)  # fp16: optimizer name -> GradScaler
 
     @property

@@ -34,6 +34,7 @@ class Recipe:
     endpoint: str = ""
     generator_nets: tuple[str, ...] = ()  # the nets `init_from` fills, in the order of its files
     channels_last: bool = True  # NHWC under bf16 / fp16 (measured: bench section training)
+    fp32_nets: tuple[str, ...] = ()  # nets that compute in fp32 at any precision (measured slower in bf16)
 
     def __init__(self, cfg: RunConfig, device: torch.device, distributed: bool = False,
                  precision: Precision | None = None):
@@ -41,7 +42,8 @@ class Recipe:
         self.device = device
         self.distributed = distributed
         self.precision = precision or Precision("fp32", device.type)
-        self.precision.channels_last = self.precision.low and self.channels_last
+        if self.precision.channels_last is None:
+            self.precision.channels_last = self.precision.low and self.channels_last
         self.nets: dict[str, nn.Module] = {}
         self.opts: dict[str, torch.optim.Optimizer] = {}
         self.scheds: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
@@ -53,8 +55,8 @@ class Recipe:
         # DDP-wrapped views for the passes whose gradients must be averaged across processes;
         # passes that do not update a network (D inside the G step) call `bare`. Both run under the
         # run's autocast and return float32 (training/precision.py); in fp32 they are the modules.
-        self.ddp = {k: self.precision.forward(self._wrap(v)) for k, v in self.nets.items()}
-        self.bare = {k: self.precision.forward(v) for k, v in self.nets.items()}
+        self.ddp = {k: self._forward(k, self._wrap(v)) for k, v in self.nets.items()}
+        self.bare = {k: self._forward(k, v) for k, v in self.nets.items()}
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any], device: torch.device | str = "cpu",
@@ -101,6 +103,9 @@ class Recipe:
         return ""
 
     # -- shared -----------------------------------------------------------------------------
+    def _forward(self, name: str, net: nn.Module):
+        return net if name in self.fp32_nets else self.precision.forward(net)
+
     def _wrap(self, net: nn.Module) -> nn.Module:
         if not self.distributed or not any(p.requires_grad for p in net.parameters()):
             return net
