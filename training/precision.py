@@ -9,11 +9,13 @@ come back as float32, so losses, discriminator logits, gradient penalties and ev
 parameters, their gradients, the optimizer state, the EMA weights and the batch-norm running statistics
 are never cast: checkpoints are fp32 whatever the precision, and load in either.
 
-channels_last: applied with bf16 / fp16 for the families whose recipe says it pays (Recipe.channels_last);
-measured on an AMX CPU (torch 2.14, `python -m bench --only training`): 2x more for srresnet under bf16,
-+25% for pix2pix, but slower in fp32 and for DCGAN's 32x32 spectral-norm networks at any precision.
-torch.compile is not used: on this torch version and CPU its compile time was not repaid by the short
-runs (see bench/README.md, section training).
+Measured on a 2-core AMX Xeon, torch 2.14 (`python -m bench --only training`, bench/README.md):
+- channels_last only with bf16 / fp16, and only where the recipe says it pays (Recipe.channels_last): it
+  doubles srresnet's bf16 gain and adds to pix2pix's, but slows fp32 and DCGAN's 32x32 networks.
+- A recipe can keep nets in fp32 (Recipe.fp32_nets): DCGAN's generator, whose transposed convolutions'
+  backward runs ~10x slower in bf16 than in fp32 at its shapes.
+- torch.compile is off: on srresnet-x4 under bf16 + channels_last it took 122 s to compile and then ran
+  0.83x as fast as eager, so it never pays here.
 """
 from __future__ import annotations
 
