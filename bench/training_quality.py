@@ -34,7 +34,7 @@ class QualityCase:
     scale: float = 1.0  # figure -> unit (class match 0..1 -> points)
 
 
-CASES = (QualityCase("srresnet-x4", "photos", 120, "psnr_y", 0.05, "dB"),
+CASES = (QualityCase("srresnet-x4", "photos", 100, "psnr_y", 0.05, "dB"),
          QualityCase("colorize", "photos", 40, "psnr", 0.1, "dB"),
          QualityCase("fashion", "fashion", 100, "class_match", 1.0, "points", 100.0))
 

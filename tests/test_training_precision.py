@@ -199,3 +199,11 @@ def test_dcgan_keeps_its_generator_in_fp32_under_bf16(tiny_datasets):
         conv.register_forward_hook(lambda m, i, o, net=net: seen.setdefault(net, o.dtype) and None)
     recipe.train_step(recipe.to_device(StepBatches(build_reader(cfg), cfg.seed, 4, 0, 1)[0]), 0)
     assert seen == {"G": torch.float32, "D": torch.bfloat16}
+
+
+def test_explicit_bf16_without_native_support_runs_and_says_it_is_emulated():
+    said = []
+    assert resolve("bf16", CPU, {"avx2"}, log=said.append) == "bf16"
+    assert len(said) == 1 and "emulated, slower than fp32" in said[0]
+    said.clear()
+    assert resolve("bf16", CPU, {"avx512_bf16"}, log=said.append) == "bf16" and not said

@@ -48,12 +48,18 @@ def native_bf16(device: torch.device, flags: Iterable[str] | None = None) -> boo
     return any(f in have for f in BF16_FLAGS)
 
 
-def resolve(requested: str, device: torch.device, flags: Iterable[str] | None = None) -> str:
-    """The precision a run uses: fp32 | bf16 | fp16 (PrecisionError for one this device cannot train in)."""
+def resolve(requested: str, device: torch.device, flags: Iterable[str] | None = None, log=None) -> str:
+    """The precision a run uses: fp32 | bf16 | fp16 (PrecisionError for one this device cannot train in).
+    `log`: where to say that an explicit bf16 is emulated on this CPU (slower than fp32)."""
     if requested not in PRECISIONS:
         raise PrecisionError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "auto":
         return "bf16" if native_bf16(device, flags) else "fp32"
+    if requested == "bf16" and device.type == "cuda" and not native_bf16(device):
+        raise PrecisionError("train.precision=bf16: this CUDA GPU has no bf16; use fp16, auto or fp32")
+    if requested == "bf16" and device.type == "cpu" and log and not native_bf16(device, flags):
+        log("warning: train.precision=bf16 on a CPU without amx_bf16 / avx512_bf16: emulated, slower than fp32 "
+            "(auto would pick fp32 here)")
     if requested == "fp16" and device.type != "cuda":
         raise PrecisionError(f"train.precision=fp16 needs a CUDA device (with a GradScaler); this run is on "
                              f"{device.type}. Use train.precision=bf16 (native on CPUs with amx_bf16 or "

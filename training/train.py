@@ -272,7 +272,7 @@ def _setup(cfg: RunConfig, resume: bool, out_dir: str | None, log) -> _Run:
 
     start_step, payload = _resume_point(cfg, run_dir, resume, info, log)
 
-    precision = Precision(resolve(t.precision, device), device.type)
+    precision = Precision(resolve(t.precision, device, log=log if info.main else None), device.type)
     torch.manual_seed(init_seed(cfg.seed))  # network init: identical on every rank
     recipe = get_recipe_class(cfg.family)(cfg, device, distributed=info.world > 1, precision=precision)
     if payload is not None:
