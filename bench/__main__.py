@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart,jobs] [--name NAME]
+"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart,jobs,training] [--name NAME]
 
 Runs the sections, prints a plain-text table per section, and writes
 bench/results/<name>.json (machine, versions, every figure and its samples)
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, bigimage, coldstart, compute, jobs, precision, serving, telemetry, tuning
+from . import backends, bigimage, coldstart, compute, jobs, precision, serving, telemetry, training, tuning
 from .common import PROFILES, busy_warning, machine
 from .models import REPO, prepare
 
@@ -31,7 +31,10 @@ SECTIONS = {
     "bigimage": (bigimage.run, bigimage.report, "big images: tiled pipeline by tile size"),
     "coldstart": (coldstart.run, coldstart.report, "cold start"),
     "jobs": (jobs.run, jobs.report, "jobs: the job path vs sync, cancel -> idle, restart -> running"),
+    "training": (training.run, training.report, "training steps/s, train.precision fp32 vs auto (+ quality: full)"),
 }
+NEEDS_NO_MODELS = {"training"}  # sections that measure torch training, not the served models
+OPT_IN = {"training"}  # minutes of training on the CPU: run with --only training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--quick --tiny with the shortest windows: checks the plumbing, measures nothing")
     p.add_argument("--tiny", action="store_true",
                    help="narrow networks from the default configs (same layers, few channels); ignores models/")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument("--only", default=",".join(s for s in SECTIONS if s not in OPT_IN),
+                   help=f"comma list of {', '.join(SECTIONS)} (default: all but {', '.join(sorted(OPT_IN))})")
     p.add_argument("--name", default=None, help="results file name (default: UTC time, + -quick / -tiny)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="results folder")
     p.add_argument("--models", default=str(REPO / "models"), help="the served models to measure (plus the zoo's "
@@ -56,6 +60,21 @@ def _json_default(obj):
         return float(obj)
     except (TypeError, ValueError):
         return str(obj)
+
+
+def _models(args, work: Path, result: dict, log):
+    """The served models the sections measure (models/ plus the zoo's missing names, exported)."""
+    log("models ...")
+    t0 = time.perf_counter()
+    exporter = args.exporter or ("torchscript" if args.tiny else "auto")
+    models = prepare(work, Path(args.models), tiny=args.tiny, exporter=exporter, log=log)
+    result["elapsed_s"]["models"] = time.perf_counter() - t0
+    result["models"] = [{"name": m.name, "endpoint": m.endpoint, "family": m.family, "source": m.source,
+                         "version": m.card.get("version"), "exporter": m.card.get("exporter"),
+                         "opset": m.card.get("opset")} for m in models.models.values()]
+    for m in models.models.values():
+        log(f"  {m.name:14s} {m.endpoint:9s} {m.family:8s} {m.source} ({m.card.get('exporter')})")
+    return models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,16 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "sections": only, "settings": dataclasses.asdict(profile)},
                     "machine": info, "warnings": warnings, "sections": {}, "elapsed_s": {}}
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-") as work:
-        log("models ...")
-        t0 = time.perf_counter()
-        exporter = args.exporter or ("torchscript" if args.tiny else "auto")
-        models = prepare(Path(work), Path(args.models), tiny=args.tiny, exporter=exporter, log=log)
-        result["elapsed_s"]["models"] = time.perf_counter() - t0
-        result["models"] = [{"name": m.name, "endpoint": m.endpoint, "family": m.family, "source": m.source,
-                             "version": m.card.get("version"), "exporter": m.card.get("exporter"),
-                             "opset": m.card.get("opset")} for m in models.models.values()]
-        for m in models.models.values():
-            log(f"  {m.name:14s} {m.endpoint:9s} {m.family:8s} {m.source} ({m.card.get('exporter')})")
+        models = None if set(only) <= NEEDS_NO_MODELS else _models(args, Path(work), result, log)
         texts = []
         for section in only:
             run, report, title = SECTIONS[section]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 from training.registry import FAMILIES as REGISTRY
 
 TRAIN = {"steps": 4, "batch_size": 4, "log_every": 1, "sample_every": 2, "ckpt_every": 2, "num_workers": 0,
-         "device": "cpu", "deterministic": True, "keep_ckpts": 10}
+         "device": "cpu", "deterministic": True, "keep_ckpts": 10, "precision": "fp32"}
 
 
 def _dcgan(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import yaml
 
 from contract.typed import from_plain, hints
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision (training/precision.py)
+
 
 @dataclass
 class TrainConfig:
@@ -39,6 +41,13 @@ class TrainConfig:
     deterministic: bool = False  # bit-exact resume (deterministic kernels)
     out_dir: str = "runs/default"
     max_grad_norm: float = 0.0  # 0 = no clipping
+    # auto: bf16 autocast where native (CPU amx_bf16 / avx512_bf16, CUDA with bf16), else fp32 | fp32 | bf16 |
+    # fp16 (CUDA only, with a GradScaler). Losses, weights, optimizer state, EMA and checkpoints stay fp32.
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

@@ -108,11 +108,12 @@ class VGGFeatureLoss(nn.Module):
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
-    def _feats(self, x: torch.Tensor) -> torch.Tensor:
+    def features_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The VGG features of an image batch in [-1, 1]."""
         return self.features(((x + 1) / 2 - self.mean) / self.std)
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self._feats(fake), self._feats(real).detach())
+        return F.mse_loss(self.features_of(fake), self.features_of(real).detach())
 
 
 def feature_matching_loss(feats_fake: list[torch.Tensor], feats_real: list[torch.Tensor]) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from modelops.cli import options_from_args
 from .config import RunConfig, load_config
+from .precision import Precision, TrainingDiverged, resolve
 from .registry import get_recipe_class
 
 
@@ -304,8 +305,9 @@ def _setup(cfg: RunConfig, resume: bool, out_dir: str | None, log) -> _Run:
 
     start_step, payload = _resume_point(cfg, run_dir, resume, info, log)
 
+    precision = Precision(resolve(t.precision, device, log=log if info.main else None), device.type)
     torch.manual_seed(init_seed(cfg.seed))  # network init: identical on every rank
-    recipe = get_recipe_class(cfg.family)(cfg, device, distributed=info.world > 1)
+    recipe = get_recipe_class(cfg.family)(cfg, device, distributed=info.world > 1, precision=precision)
     if payload is not None:
         recipe.load_state_dict(payload)
     else:
@@ -323,9 +325,12 @@ def _setup(cfg: RunConfig, resume: bool, out_dir: str | None, log) -> _Run:
         metrics = MetricsLog(run_dir / "metrics.csv", start_step)
         ckpt.atomic_write(run_dir / "config.yaml", lambda f: f.write(_yaml(cfg).encode()))
         log(f"{cfg.family} '{cfg.name}': steps {start_step}->{t.steps}, batch {t.batch_size}, device {device}, "
+            f"precision {precision.name} (train.precision={t.precision}"
+            f"{', channels_last' if precision.channels_last else ''}), "
             f"processes {info.world}, {len(reader)} training samples, run dir {run_dir}")
 
-    meta = {"git_commit": git_commit(), "torch": str(torch.__version__), "dataset": dataset_manifest(cfg.data.get("root"))}
+    meta = {"git_commit": git_commit(), "torch": str(torch.__version__),
+            "dataset": dataset_manifest(cfg.data.get("root")), "precision": precision.name}
     return _Run(cfg, info, device, run_dir, recipe, loader, fixed, metrics, meta, start_step, step=start_step)
 
 
@@ -334,10 +339,24 @@ def _save(run: _Run, step: int) -> None:
     if not run.info.main:
         return
     cfg = run.cfg
+    bad = run.recipe.non_finite_weights()
+    if bad:
+        more = " ..." if len(bad) > 3 else ""
+        raise TrainingDiverged(f"non-finite weights after step {step} ({', '.join(bad[:3])}{more}); stopping "
+                               f"without writing a checkpoint of them")
     state = run.recipe.state_dict()
     ckpt.save(ckpt.step_path(run.run_dir, step), {"family": cfg.family, "config": cfg.to_dict(), "step": step,
                                                    "meta": run.meta, **state})
     ckpt.prune(run.run_dir, cfg.train.keep_ckpts)
+
+
+def _last_good(run: _Run) -> str:
+    """Where the run can be resumed from after it diverged."""
+    found = ckpt.list_checkpoints(run.run_dir)
+    if not found:
+        return "No checkpoint was written before it"
+    return (f"The last good checkpoint is {found[-1]}: resume from it with a lower learning rate, "
+            f"max_grad_norm or train.precision=fp32")
 
 
 def _on_signal(signum, frame):
@@ -354,6 +373,8 @@ def _run_steps(run: _Run, log) -> None:
     try:
         for batch in run.loader:
             _one_step(run, batch, window, started, progress)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}. {_last_good(run)}") from None
     except (KeyboardInterrupt, _Stop) as e:
         if info.main:
             log(f"\ninterrupted ({e or 'SIGINT'}) at step {run.step}: saving a checkpoint")

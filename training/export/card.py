@@ -45,7 +45,7 @@ def training_block(job: ExportJob) -> Training:
     payload, meta = job.payload, job.payload.get("meta") or {}
     return Training(dataset=dataset_block(job.recipe.cfg, meta), config=payload.get("config"),
                     steps=int(payload.get("step", 0)), git_commit=meta.get("git_commit", "unknown"),
-                    torch=meta.get("torch"),
+                    torch=meta.get("torch"), extra={"precision": meta["precision"]} if meta.get("precision") else {},
                     checkpoint={"path": str(job.checkpoint), "sha256": sha256_file(Path(job.checkpoint))})
 
 

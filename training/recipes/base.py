@@ -14,10 +14,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-
-
-class TrainingDiverged(RuntimeError):
-    pass
+from ..precision import Precision, TrainingDiverged, non_finite
 
 
 @dataclass
@@ -36,20 +33,30 @@ class Recipe:
     family: str = ""
     endpoint: str = ""
     generator_nets: tuple[str, ...] = ()  # the nets `init_from` fills, in the order of its files
+    channels_last: bool = True  # NHWC under bf16 / fp16 (measured: bench section training)
+    fp32_nets: tuple[str, ...] = ()  # nets that compute in fp32 at any precision (measured slower in bf16)
 
-    def __init__(self, cfg: RunConfig, device: torch.device, distributed: bool = False):
+    def __init__(self, cfg: RunConfig, device: torch.device, distributed: bool = False,
+                 precision: Precision | None = None):
         self.cfg = cfg
         self.device = device
         self.distributed = distributed
+        self.precision = precision or Precision("fp32", device.type)
+        if self.precision.channels_last is None:
+            self.precision.channels_last = self.precision.low and self.channels_last
         self.nets: dict[str, nn.Module] = {}
         self.opts: dict[str, torch.optim.Optimizer] = {}
         self.scheds: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.build()
         for net in self.nets.values():
             net.to(device)
+            if self.precision.channels_last:
+                net.to(memory_format=torch.channels_last)
         # DDP-wrapped views for the passes whose gradients must be averaged across processes;
-        # passes that do not update a network (D inside the G step) call the bare module.
-        self.ddp = {k: self._wrap(v) for k, v in self.nets.items()}
+        # passes that do not update a network (D inside the G step) call `bare`. Both run under the
+        # run's autocast and return float32 (training/precision.py); in fp32 they are the modules.
+        self.ddp = {k: self._forward(k, self._wrap(v)) for k, v in self.nets.items()}
+        self.bare = {k: self._forward(k, v) for k, v in self.nets.items()}
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any], device: torch.device | str = "cpu",
@@ -96,6 +103,9 @@ class Recipe:
         return ""
 
     # -- shared -----------------------------------------------------------------------------
+    def _forward(self, name: str, net: nn.Module):
+        return net if name in self.fp32_nets else self.precision.forward(net)
+
     def _wrap(self, net: nn.Module) -> nn.Module:
         if not self.distributed or not any(p.requires_grad for p in net.parameters()):
             return net
@@ -118,13 +128,21 @@ class Recipe:
         return max(0.0, 1.0 - (step - start) / float(total - start))
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """Backward and step; under fp16 through the optimizer's GradScaler (which skips inf/NaN steps)."""
         opt = self.opts[name]
+        scaler = self.precision.scaler(name)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
         if self.cfg.train.max_grad_norm > 0:
+            if scaler:
+                scaler.unscale_(opt)
             params = [p for g in opt.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm)
-        opt.step()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
 
     def end_step(self) -> None:
         for s in self.scheds.values():
@@ -144,6 +162,11 @@ class Recipe:
             raise TrainingDiverged(f"non-finite loss at step {step}: {bad}; stopping (last good checkpoint kept)")
         return values
 
+    def non_finite_weights(self) -> list[str]:
+        """`net.param` names of the parameters and buffers holding NaN or inf (a checkpoint must not)."""
+        return non_finite((f"{k}.{n}", t) for k, net in self.nets.items()
+                          for n, t in itertools.chain(net.named_parameters(), net.named_buffers()))
+
     def lr(self) -> float:
         first = next(iter(self.opts.values()))
         return first.param_groups[0]["lr"]
@@ -154,6 +177,7 @@ class Recipe:
             "opts": {k: v.state_dict() for k, v in self.opts.items()},
             "scheds": {k: v.state_dict() for k, v in self.scheds.items()},
             "extra": self.extra_state(),
+            "precision": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], strict_opts: bool = True) -> None:
@@ -165,6 +189,7 @@ class Recipe:
             for k, s in self.scheds.items():
                 s.load_state_dict(state["scheds"][k])
             self.load_extra_state(state.get("extra") or {})
+            self.precision.load_state_dict(state.get("precision") or {})
 
     def on_fresh_start(self) -> None:
         """Called once when a run starts from scratch (not on resume): the config's `init_from` weights
@@ -184,7 +209,7 @@ class Recipe:
         pass
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: self.precision.layout(v.to(self.device, non_blocking=True)) for k, v in batch.items()}
 
 
 def image_io(channels: int, **extra) -> dict[str, Any]:

@@ -77,8 +77,8 @@ class CycleGANRecipe(Recipe):
         if L.lambda_identity > 0 and real_a.shape[1] == real_b.shape[1]:
             losses["idt_A"] = F.l1_loss(G_A(real_b), real_b) * L.lambda_b * L.lambda_identity
             losses["idt_B"] = F.l1_loss(G_B(real_a), real_a) * L.lambda_a * L.lambda_identity
-        losses["G_A"] = self.gan(self.nets["D_A"](fake_b), True)
-        losses["G_B"] = self.gan(self.nets["D_B"](fake_a), True)
+        losses["G_A"] = self.gan(self.bare["D_A"](fake_b), True)
+        losses["G_B"] = self.gan(self.bare["D_B"](fake_a), True)
         losses["cycle_A"] = F.l1_loss(rec_a, real_a) * L.lambda_a
         losses["cycle_B"] = F.l1_loss(rec_b, real_b) * L.lambda_b
         loss_g = sum(losses.values())

@@ -60,7 +60,7 @@ class Pix2PixRecipe(Recipe):
         self.optimize("D", loss_d)
         self.set_requires_grad([self.nets["D"]], False)  # D is not updated in the G step
         # G: fool D, and stay close to the target in L1
-        loss_gan = self.gan(self.nets["D"](torch.cat([real_a, fake_b], 1)), True)
+        loss_gan = self.gan(self.bare["D"](torch.cat([real_a, fake_b], 1)), True)
         loss_l1 = F.l1_loss(fake_b, real_b)
         loss_g = loss_gan + self.cfg.loss.lambda_l1 * loss_l1
         self.optimize("G", loss_g)

@@ -93,6 +93,11 @@ class SRGANRecipe(Recipe):
             self.vgg = VGGFeatureLoss(self.cfg.loss.vgg_weights, self.cfg.loss.vgg_layer).to(self.device)
         return self.vgg
 
+    def _content(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """The VGG feature loss: the features under the run's autocast, the MSE between them in fp32."""
+        features = self.precision.forward(self._vgg().features_of)
+        return F.mse_loss(features(sr), features(hr).detach())
+
     def generator_range(self) -> tuple[float, float]:
         return self.cfg.model.value_range
 
@@ -146,12 +151,13 @@ class SRGANRecipe(Recipe):
 
         self.set_requires_grad([D], False)
         if self.content_mode == "feature_matching":
-            logits, feats_fake = _logits_and_features(D, sr)
-            _, feats_real = _logits_and_features(D, hr)
+            features = self.precision.forward(lambda x: _logits_and_features(D, x))
+            logits, feats_fake = features(sr)
+            _, feats_real = features(hr)
             content = feature_matching_loss(feats_fake, feats_real)
         else:
-            logits = D(sr)
-            content = self._vgg()(sr, hr) if self.content_mode == "vgg19" else torch.zeros((), device=self.device)
+            logits = self.bare["D"](sr)
+            content = self._content(sr, hr) if self.content_mode == "vgg19" else torch.zeros((), device=self.device)
         adv = self.gan(logits, True)
         loss_g = L.pixel_weight * pixel + L.content_weight * content + L.adv_weight * adv
         self.optimize("G", loss_g)
