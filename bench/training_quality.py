@@ -106,7 +106,7 @@ def train_and_measure(case: QualityCase, precision: str, root: Path, work: Path)
     from training import checkpoint as ckpt
     from training import export as ex
     from training.config import load_config
-    from training.evaluate import evaluate_model
+    from training.evaluate import EvalOptions, evaluate_model
     from training.train import train
 
     quiet = lambda *a: None  # noqa: E731
@@ -120,11 +120,12 @@ def train_and_measure(case: QualityCase, precision: str, root: Path, work: Path)
     seconds = time.perf_counter() - t0
     path = ckpt.list_checkpoints(run)[-1]
     name = f"{case.config}-{precision}"
-    result = ex.export_checkpoint(path, name, work / "models", exporter="torchscript", fp16=False, optimize=False,
-                                  log=quiet)
-    heldout = evaluate_model(result.path, limit=6 if case.data == "photos" else 500,
-                             classifier_cache=work / "classifier", classifier_steps=300, crop=192,
-                             samples_per_class=200, anchors_dir=None, write=False, log=quiet)
+    result = ex.export_checkpoint(ex.ExportOptions(checkpoint=path, name=name, out=work / "models",
+                                                   exporter="torchscript", fp16=False, optimize=False), log=quiet)
+    heldout = evaluate_model(EvalOptions(name=result.path.name, models=result.path.parent,
+                                         limit=6 if case.data == "photos" else 500,
+                                         classifier_cache=work / "classifier", classifier_steps=300, crop=192,
+                                         samples_per_class=200, anchors_dir=None, dry_run=True), log=quiet)
     return {"precision": ckpt.load(path)["meta"]["precision"], "train_s": seconds,
             "figure": float(heldout[case.figure]) * case.scale, "parity_max_abs": result.parity_max_abs}
 

@@ -149,8 +149,9 @@ def test_a_bf16_run_exports_an_fp32_graph_through_the_same_parity_gate(tiny_data
 
     run = train(load_config(None, raw=_raw("srgan", tiny_datasets, "bf16", steps=2)), out_dir=tmp_path / "r",
                 log=quiet)
-    result = ex.export_checkpoint(ckpt.list_checkpoints(run)[-1], "bf16-sr", tmp_path / "models",
-                                  exporter="torchscript", fp16=False, log=quiet)
+    result = ex.export_checkpoint(ex.ExportOptions(checkpoint=ckpt.list_checkpoints(run)[-1], name="bf16-sr",
+                                                   out=tmp_path / "models", exporter="torchscript", fp16=False),
+                                  log=quiet)
     card = json.loads((result.path / "card.json").read_text())
     assert card["training"]["precision"] == "bf16"  # the open block's extra: a key of its own
     assert card["metrics"]["parity_max_abs"] <= 1e-4
