@@ -213,15 +213,25 @@ function renderCard(model) {
 
 // The card's numbers, one level of nesting deep: {"psnr_y": 38.5, "anchors": {"espcn": {"psnr_y": 36.7}}}
 // -> "psnr_y 38.53, espcn psnr_y 36.71".
+const BOOKKEEPING = new Set(["seed", "border", "samples_per_class"]);
+
+// The card's held-out figures, one short line: top-level numbers, a per-class table as its lowest
+// entry ("class_match_per_class: lowest Shirt 0.8700"), peers (anchors) by their PSNR-Y.
 function figures(values) {
   const shown = (v) => (Number.isInteger(v) ? String(v) : v.toPrecision(4));
   const parts = [];
   for (const [key, value] of Object.entries(values)) {
+    if (BOOKKEEPING.has(key)) continue;
     if (typeof value === "number") parts.push(`${key} ${shown(value)}`);
     else if (value && typeof value === "object" && !Array.isArray(value)) {
-      for (const [inner, v] of Object.entries(value)) {
-        if (typeof v === "number") parts.push(`${key}.${inner} ${shown(v)}`);
-        else if (v && typeof v === "object" && typeof v.psnr_y === "number") parts.push(`${inner} psnr_y ${shown(v.psnr_y)}`);
+      const entries = Object.entries(value);
+      if (entries.length && entries.every(([, v]) => typeof v === "number") && entries.length > 3) {
+        const [name, low] = entries.reduce((a, b) => (b[1] < a[1] ? b : a));
+        parts.push(`${key}: lowest ${name} ${shown(low)}`);
+        continue;
+      }
+      for (const [inner, v] of entries) {
+        if (v && typeof v === "object" && typeof v.psnr_y === "number") parts.push(`${inner} psnr_y ${shown(v.psnr_y)}`);
       }
     }
   }
