@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart] [--name NAME]
+"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart,fastpath] [--name NAME]
 
 Runs the sections, prints a plain-text table per section, and writes
 bench/results/<name>.json (machine, versions, every figure and its samples)
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, bigimage, coldstart, compute, precision, serving, telemetry, tuning
+from . import backends, bigimage, coldstart, compute, fastpath, precision, serving, telemetry, tuning
 from .common import PROFILES, busy_warning, machine
 from .models import REPO, prepare
 
@@ -30,6 +30,8 @@ SECTIONS = {
     "telemetry": (telemetry.run, telemetry.report, "ganforge's metrics and spans: on vs off, and the recording alone"),
     "bigimage": (bigimage.run, bigimage.report, "big images: tiled pipeline by tile size"),
     "coldstart": (coldstart.run, coldstart.report, "cold start"),
+    "fastpath": (fastpath.run, fastpath.report, "issue 26: ganforge vs a minimal peer and the bare session; "
+                                                "the default choice vs the forced ones"),
 }
 
 

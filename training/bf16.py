@@ -145,6 +145,29 @@ def bf16_variant(folder: Path, card: Card, count: int = 8, rounds: int = 7, data
     return Variant(produced="measure", note=note, extra=extra)
 
 
+def with_bf16_gate(folder: Path, card: Card, log: Callable[[str], Any] = print) -> Card:
+    """Import's hook (training/importer/publish.py): `card` with `variants.bf16` measured on the graphs in
+    `folder` by `bf16_variant` (what `python -m training bf16 NAME` records), where this CPU has native bf16;
+    elsewhere, or when it cannot be measured, the card unchanged and one line saying why."""
+    from core.backends import native_bf16, openvino_installed
+
+    native, why = native_bf16() if openvino_installed() else (False, "the openvino package is not installed")
+    if not native:
+        log(f"no bf16 gate measured ({why}): the model serves fp32 until `python -m training bf16 {card.name}` "
+            "runs on a CPU with native bf16")
+        return card
+    try:
+        variant = bf16_variant(folder, card, log=log)
+    except (Bf16Error, RuntimeError, ValueError, OSError) as e:
+        log(f"no bf16 gate measured: {e}")
+        return card
+    extra = variant.extra
+    log(f"bf16 gate: worst input {extra['psnr_vs_fp32_db_min']:.2f} dB against fp32, "
+        f"{'passed' if extra['passed'] else 'FAILED (fp32 serves)'} at {extra['gate_db']:g} dB")
+    card.variants = {**card.variants, "bf16": variant}
+    return card
+
+
 def record_bf16(name: str, models: str | Path = "models", count: int = 8, rounds: int = 7,
                 data_root: str | None = None, gate_db: float = GATE_DB, dry_run: bool = False,
                 log: Callable[[str], Any] = print) -> dict[str, Any]:

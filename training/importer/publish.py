@@ -26,6 +26,7 @@ from ..export.build import build_graphs
 from ..export.card import eval_mode_notes, graph_fields, io_fields, publish_card
 from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, ExportError, ExportOptions
 from ..export.parity import Case, abs_diff, parity_sizes, random_cases
+from ..bf16 import with_bf16_gate
 from ..export.publish import publish_folder
 from .errors import ImportFailed
 
@@ -425,7 +426,8 @@ def build_import(staging: Path, name: str, sources: list[Source], options: Impor
         raise ExportFailed(f"refusing to publish {name!r}: {sources[0].detected.arch} does not export to ONNX "
                            f"({first_line(e)})") from e
     notes = probe.notes + ([fp16_note] if fp16_note else [])
-    return publish_card(staging, name, lambda: import_card(staging, name, sources, specs, built, options, notes))
+    return publish_card(staging, name, lambda: with_bf16_gate(  # the bf16 gate, where this CPU has native bf16
+        staging, import_card(staging, name, sources, specs, built, options, notes), log))
 
 
 def import_weights(files: list[str | Path], name: str, out: str | Path = "models",
