@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from contract.folder import sha256_bytes
 
-from .autotune import (Candidate, RoutedSession, cache_key, candidates, measure, read_cache, size_classes,
-                       write_cache)
+from .autotune import (Candidate, RoutedSession, SizeClass, cache_key, candidates, class_feeds, measure, read_cache,
+                       size_classes, write_cache)
 from .backends import OPENVINO, native_bf16
 from .loading import Plan, ServedModel, load_model, open_session
 from .settings import RuntimeConfig
@@ -124,7 +124,12 @@ def apply_table(model: ServedModel, folder: Path, settings: RuntimeConfig, provi
             sessions[role] = opener(picks[0][0], role)
         else:
             sessions[role] = RoutedSession([(e, opener(c, role)) for c, e in picks], model.card.graph.inputs[0].name)
-    largest, row = max(zip(picks, rows), key=lambda p: p[0][1])
+    if table["source"] == "cache":  # measured runs warmed each class's shape; a cached table's did not run yet
+        for row, (candidate, _) in zip(rows, picks):
+            feeds = class_feeds(model.card, SizeClass(row["input"], tuple(row["shape"]), 0))
+            for role in model.card.files:
+                opener(candidate, role).run(None, feeds)
+    largest = max(picks, key=lambda p: p[1])
     model.sessions = sessions
     model.backend, model.precision = largest[0].backend, largest[0].precision
     model.provider = sessions[next(iter(sessions))].get_providers()[0]
