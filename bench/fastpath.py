@@ -135,8 +135,6 @@ def choice_part(models: BenchModels, clients: dict[str, Any], profile: Profile) 
 
 
 def upscale_part(models: BenchModels, clients: dict[str, Any], profile: Profile) -> dict[str, Any] | None:
-    from core import imaging
-
     up = models.first("upscale", prefer="srresnet-x4")
     sessions = bare_sessions(up) if up is not None else {}
     if "session ov bf16" not in sessions:
@@ -146,11 +144,13 @@ def upscale_part(models: BenchModels, clients: dict[str, Any], profile: Profile)
     bf16 = sessions["session ov bf16"]
     result = timed({"http": poster(clients["default"], path, kwargs), "session ov bf16": lambda: bf16.run(None, feeds)},
                    profile)
-    served, reference = (decoded(poster(clients[n], path, kwargs)()) for n in ("default", "ort fp32"))
-    assert imaging  # the graph feeds above come from core.imaging's decoder, as served
+    served, static, reference = (decoded(poster(clients[n], path, kwargs)()) for n in ("default", "ov bf16", "ort fp32"))
     return {"model": up.name, "request": label, **result,
             "http_over_session": ratio(p50(result, "http"), p50(result, "session ov bf16")),
-            "served_psnr_vs_ort_fp32_db": psnr(served, reference)}
+            "served_psnr_vs_ort_fp32_db": psnr(served, reference),
+            # the static rule's answer (OpenVINO bf16, as served before autotune): the same PSNR = unchanged
+            "static_rule_psnr_vs_ort_fp32_db": psnr(static, reference),
+            "served_equals_static_rule": bool(np.array_equal(served, static))}
 
 
 def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
@@ -203,5 +203,7 @@ def report(res: dict[str, Any]) -> str:
         s = up["stats"]
         parts.append(f"{up['request']} ({up['model']}): http {fmt_ms(s['http']['p50_ms'])} ms, bare OpenVINO bf16 "
                      f"{fmt_ms(s['session ov bf16']['p50_ms'])} ms, http/session {fmt_x(up['http_over_session'])}; "
-                     f"served PSNR vs onnxruntime fp32 {up['served_psnr_vs_ort_fp32_db']:.1f} dB")
+                     f"served PSNR vs onnxruntime fp32 {up['served_psnr_vs_ort_fp32_db']:.1f} dB (OpenVINO bf16 forced, "
+                     f"the static rule: {up['static_rule_psnr_vs_ort_fp32_db']:.1f} dB; same pixels: "
+                     f"{up['served_equals_static_rule']})")
     return "\n\n".join(parts)

@@ -13,7 +13,7 @@ OpenVINO fp32 was 0.5-0.7x onnxruntime on the small graphs). So at load, per mod
 - per class, each candidate runs its shape once (a candidate WARM_PRUNE x slower than the fastest there is
   out at once: the 128->512 upscale's fp32 runs are 6x its bf16 one), then timed rounds interleaved (order reversed every
   other round, a short settle before each call so one runtime's spinning threads do not tax the next),
-  from the second round a candidate whose fastest call is over PRUNE x the fastest one's dropped, until the per-model budget
+  from the third round a candidate whose median is over PRUNE x the best median dropped, until the per-model budget
   (GANFORGE_AUTOTUNE_BUDGET_S) or MAX_ROUNDS; the fastest median wins. Where the classes pick different
   candidates, `RoutedSession` runs each graph run on its class's pick (the nearest class by input elements,
   on a log scale).
@@ -48,8 +48,8 @@ from .cpu import cpu_flags, cpu_model
 logger = logging.getLogger("bentoml.ganforge")
 
 AUTOTUNE_VERSION = 1  # bump when the measurement or the file's layout changes: old caches are remeasured
-MAX_ROUNDS = 7
-PRUNE = 2.0  # from the second round on, a candidate whose best call is this times slower than the best is dropped
+MAX_ROUNDS = 31  # small graphs get many rounds within the budget: their candidates differ by a millisecond
+PRUNE = 2.0  # from the third round on, a candidate whose median is this times the best median is dropped
 WARM_PRUNE = 4.0  # a candidate whose first (untimed) call took this times the fastest first call is dropped
 SETTLE_S = 0.01  # before each timed call: the previous runtime's worker threads stop spinning
 SMALL_EDGE = 256  # the size class of a typical request, beside the tile
@@ -158,6 +158,7 @@ def measure_class(sessions: dict[str, Any], feeds: dict[str, np.ndarray], deadli
     for label, session in sessions.items():  # a shape's first run compiles and allocates: not a sample
         warm[label] = time_call(session, feeds, settle_s)
     pruned = {label: ms for label, ms in warm.items() if ms > WARM_PRUNE * min(warm.values())}
+    dropped_at = {label: "its first call (untimed: includes the shape's first-run setup)" for label in pruned}
     alive = [label for label in sessions if label not in pruned]
     samples: dict[str, list[float]] = {label: [] for label in alive}
     rounds = 0
@@ -165,15 +166,17 @@ def measure_class(sessions: dict[str, Any], feeds: dict[str, np.ndarray], deadli
         for label in (alive if rounds % 2 == 0 else alive[::-1]):
             samples[label].append(time_call(sessions[label], feeds, settle_s))
         rounds += 1
-        if rounds >= 2:  # one call each is too noisy to drop anything on
-            best = min(min(samples[label]) for label in alive)
-            dropped = [label for label in alive if min(samples[label]) > PRUNE * best]
-            pruned.update((label, float(np.median(samples[label]))) for label in dropped)
+        if rounds >= 3:  # fewer calls are too noisy to drop anything on
+            medians = {label: float(np.median(samples[label])) for label in alive}
+            best = min(medians.values())
+            dropped = [label for label in alive if medians[label] > PRUNE * best]
+            pruned.update((label, medians[label]) for label in dropped)
+            dropped_at.update((label, f"the median of {rounds} rounds") for label in dropped)
             alive = [label for label in alive if label not in dropped]
     if len(alive) == 1 and not samples[alive[0]]:  # the others were far slower: one timed call for the table
         samples[alive[0]].append(time_call(sessions[alive[0]], feeds, settle_s))
     medians = {label: (float(np.median(samples[label])) if label in alive else None) for label in sessions}
-    return {"ms": medians, "pruned_ms": pruned, "rounds": rounds}
+    return {"ms": medians, "pruned_ms": pruned, "pruned_at": dropped_at, "rounds": rounds}
 
 
 def choose(row: dict[str, Any]) -> tuple[str, str]:

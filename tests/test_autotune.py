@@ -198,3 +198,31 @@ def test_routed_session_picks_the_nearest_class_on_a_log_scale():
     assert routed.run(None, {"x": np.zeros(900)}) == ["small"]
     assert routed.run(None, {"x": np.zeros(1100)}) == ["large"]
     assert SizeClass("a", (1, 2), 2).elements == 2
+
+
+class FakeSession:
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def run(self, names, feeds):
+        return [np.zeros(1)]
+
+
+def fake_clock(monkeypatch):
+    monkeypatch.setattr(autotune, "time_call", lambda session, feeds, settle_s: session.ms)
+
+
+def test_measure_class_keeps_the_close_ones_and_drops_the_slow(monkeypatch):
+    fake_clock(monkeypatch)
+    sessions = {"a": FakeSession(10.0), "b": FakeSession(11.0), "c": FakeSession(25.0), "d": FakeSession(100.0)}
+    row = autotune.measure_class(sessions, {}, deadline=float("inf"))
+    assert row["ms"]["a"] == 10.0 and row["ms"]["b"] == 11.0 and row["rounds"] == autotune.MAX_ROUNDS
+    assert row["ms"]["c"] is None and row["pruned_ms"]["c"] == 25.0 and "3 rounds" in row["pruned_at"]["c"]
+    assert row["ms"]["d"] is None and "first call" in row["pruned_at"]["d"]
+    assert autotune.choose(row)[0] == "a"
+
+
+def test_measure_class_is_bounded_by_its_deadline(monkeypatch):
+    fake_clock(monkeypatch)
+    row = autotune.measure_class({"a": FakeSession(1.0), "b": FakeSession(1.5)}, {}, deadline=0.0)
+    assert row["rounds"] == 1  # past the deadline: the one round a choice needs, no more
