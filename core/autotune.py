@@ -47,7 +47,7 @@ from .cpu import cpu_flags, cpu_model
 
 logger = logging.getLogger("bentoml.ganforge")
 
-AUTOTUNE_VERSION = 1  # bump when the measurement or the file's layout changes: old caches are remeasured
+AUTOTUNE_VERSION = 2  # bump when the measurement or the file's layout changes: old caches are remeasured
 MAX_ROUNDS = 31  # small graphs get many rounds within the budget: their candidates differ by a millisecond
 PRUNE = 2.0  # from the third round on, a candidate whose median is this times the best median is dropped
 WARM_PRUNE = 4.0  # a candidate whose first (untimed) call took this times the fastest first call is dropped
