@@ -63,6 +63,9 @@ OUTPUT_FORMATS = {
 DEFAULT_QUALITY = 90
 # PNG answers are written by core/png.py (Up filter + libdeflate level 1): 5-6x faster than Pillow's zlib
 # level 1 with Z_RLE on this project's outputs, 10-18% larger on photos, the same pixels (issue 26).
+# WebP's fastest method (libwebp's default is 4): a 512x512 photo-like answer at quality 90 encoded in 17 ms
+# instead of 53 (3x), 2% larger, 33.22 dB PSNR instead of 33.38 (issue 26). JPEG: Pillow's own libjpeg-turbo.
+WEBP_METHOD = 0
 
 
 @dataclass
@@ -260,7 +263,10 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality
     else:
         image = Image.fromarray(pixels[..., 0] if gray else pixels, "L" if gray else "RGB")
     buffer = io.BytesIO()
-    image.save(buffer, format=pil_format, quality=quality)
+    if pil_format == "WEBP":
+        image.save(buffer, format="WEBP", quality=quality, method=WEBP_METHOD)
+    else:
+        image.save(buffer, format=pil_format, quality=quality)
     return buffer.getvalue()
 
 
