@@ -1,7 +1,7 @@
 """issue 26: every model on its fastest path, and less time around the graph; side by side in one run.
 
 Servers, all at once on the bench models (GANFORGE_DEVICE=cpu): `default` (nothing set: auto, so the
-autotune choice; its tables cached in bench/.cache/autotune), and the choices forced by hand: `ort fp32`
+autotune choice, measured at its startup into a fresh table folder, after the others are up), and the choices forced by hand: `ort fp32`
 (GANFORGE_BACKEND=onnxruntime), `ov fp32` (openvino + GANFORGE_PRECISION=fp32), `ov bf16` (openvino + bf16;
 fp32 where a card's gate did not pass); plus `peer` (bench/peer.py: Starlette + python-multipart +
 onnxruntime, PIL decode, PIL PNG level 1) for the translate model.
@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .common import REPO, Profile, fmt_ms, fmt_x, interleaved, photo_like, png_bytes, ratio, stats, table
+from .common import Profile, fmt_ms, fmt_x, interleaved, photo_like, png_bytes, ratio, stats, table
 from .models import BenchModel, BenchModels
 
-COMMON_ENV = {"GANFORGE_DEVICE": "cpu", "GANFORGE_AUTOTUNE_DIR": str(REPO / "bench" / ".cache" / "autotune")}
+COMMON_ENV = {"GANFORGE_DEVICE": "cpu"}
 FORCED = {
     "ort fp32": {"GANFORGE_BACKEND": "onnxruntime"},
     "ov fp32": {"GANFORGE_BACKEND": "openvino", "GANFORGE_PRECISION": "fp32"},
@@ -164,10 +164,13 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ganforge-fastpath-") as tmp, contextlib.ExitStack() as stack:
         tmp_path = Path(tmp)
         bases = {}
-        for name, env in {"default": {}, **FORCED}.items():
+        # the forced servers first: the default one measures its choices at startup (in a fresh table folder,
+        # so every run measures), and the others' startup compiling beside it would skew that measurement
+        for name, env in {**FORCED, "default": {"GANFORGE_AUTOTUNE_DIR": str(tmp_path / "autotune")}}.items():
             log(f"  starting {name} ...")
             base, _ = stack.enter_context(running_server(models.models_dir, tmp_path, **COMMON_ENV, **env))
             bases[name] = base
+        bases = {"default": bases.pop("default"), **bases}
         clients = {n: stack.enter_context(httpx.Client(base_url=b, timeout=300)) for n, b in bases.items()}
         choices = {m["name"]: {"backend": m.get("backend"), "precision": m.get("precision"),
                                "reason": m.get("precision_reason")}

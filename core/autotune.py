@@ -203,13 +203,14 @@ def measure(card: Card, classes: list[SizeClass], open_candidate: Callable[[Cand
             failed[candidate.label] = f"does not load here ({type(exc).__name__}: {str(exc)[:120]})"
     if not sessions:
         raise RuntimeError(f"no candidate loads: {failed}")
-    rows, started = [], time.monotonic()
+    rows, started, load = [], time.monotonic(), os.getloadavg()[0]
     for i, size in enumerate(classes):
         deadline = started + budget_s * (i + 1) / len(classes)
         row = {"input": size.label, "shape": list(size.shape),
                **measure_class(sessions, class_feeds(card, size), deadline)}
         row["choice"], row["reason"] = choose(row)
         row["failed"] = failed
+        row["loadavg"] = round(load, 2)  # a busy machine skews the choice: delete the table to measure again
         rows.append(row)
     return rows
 
