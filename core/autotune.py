@@ -19,7 +19,8 @@ OpenVINO fp32 was 0.5-0.7x onnxruntime on the small graphs). So at load, per mod
   on a log scale).
 
 The table is cached as JSON in GANFORGE_AUTOTUNE_DIR (default: `<models dir>/.autotune`), one file per model,
-written atomically, keyed by the model's version and files, the CPU model and flags, the onnxruntime and
+written atomically (not when it was measured with the load average above the core count: the next start
+measures again), keyed by the model's version and files, the CPU model and flags, the onnxruntime and
 OpenVINO versions, the thread setting, the size classes and AUTOTUNE_VERSION: a restart reads it and measures
 nothing; any change (or an unreadable file) measures again. Nothing here reads the environment.
 """
@@ -43,7 +44,7 @@ import numpy as np
 from contract import Card
 
 from .backends import ONNXRUNTIME, OPENVINO, gate_result, openvino_version
-from .cpu import cpu_flags, cpu_model
+from .cpu import cpu_flags, cpu_model, logical_cores
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -179,6 +180,16 @@ def measure_class(sessions: dict[str, Any], feeds: dict[str, np.ndarray], deadli
     return {"ms": medians, "pruned_ms": pruned, "pruned_at": dropped_at, "rounds": rounds}
 
 
+def machine_load() -> float:
+    """The 1-minute load average (what a measurement records, and what decides whether it is cached)."""
+    return os.getloadavg()[0]
+
+
+def busy(rows: list[dict[str, Any]]) -> bool:
+    """Measured while more was runnable than this machine has cores: the choice serves, but is not cached."""
+    return any(row.get("loadavg", 0.0) > logical_cores() for row in rows)
+
+
 def choose(row: dict[str, Any]) -> tuple[str, str]:
     """(the fastest candidate's label, why) of one measured class."""
     timed = sorted((ms, label) for label, ms in row["ms"].items() if ms is not None)
@@ -203,7 +214,7 @@ def measure(card: Card, classes: list[SizeClass], open_candidate: Callable[[Cand
             failed[candidate.label] = f"does not load here ({type(exc).__name__}: {str(exc)[:120]})"
     if not sessions:
         raise RuntimeError(f"no candidate loads: {failed}")
-    rows, started, load = [], time.monotonic(), os.getloadavg()[0]
+    rows, started, load = [], time.monotonic(), machine_load()
     for i, size in enumerate(classes):
         deadline = started + budget_s * (i + 1) / len(classes)
         row = {"input": size.label, "shape": list(size.shape),

@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 from contract.folder import sha256_bytes
 
-from .autotune import (Candidate, RoutedSession, SizeClass, cache_key, candidates, class_feeds, measure, read_cache,
+from .autotune import (Candidate, RoutedSession, SizeClass, busy, cache_key, candidates, class_feeds, measure, read_cache,
                        size_classes, write_cache)
 from .backends import OPENVINO, native_bf16
+from .cpu import logical_cores
 from .loading import Plan, ServedModel, load_model, open_session
 from .settings import RuntimeConfig
 
@@ -98,7 +99,10 @@ def table_for(model: ServedModel, folder: Path, settings: RuntimeConfig, opener)
     seconds = round(time.monotonic() - started, 3)
     entry = {"key": key, "rows": rows, "excluded": excluded, "seconds": seconds,
              "budget_s": settings.autotune_budget_s, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    written = write_cache(path, entry)
+    if busy(rows):
+        logger.warning("model %s: autotune measured with load average %.1f on %d cores: serving its choice, not "
+                       "caching it (the next start measures again)", model.name, rows[0]["loadavg"], logical_cores())
+    written = not busy(rows) and write_cache(path, entry)
     logger.info("model %s: autotune measured %d candidate(s) x %d size class(es) in %.1f s: %s%s", model.name,
                 len(found), len(classes), seconds, ", ".join(f"{r['input']} -> {r['choice']}" for r in rows),
                 f" (cached in {path})" if written else "")

@@ -58,6 +58,7 @@ def measured(monkeypatch):
 
     monkeypatch.setattr(autotune, "time_call", fake_time)
     monkeypatch.setattr(tuned, "measure", counting_measure)
+    monkeypatch.setattr(autotune, "machine_load", lambda: 0.0)  # a quiet machine: its tables are cached
     return state
 
 
@@ -226,3 +227,14 @@ def test_measure_class_is_bounded_by_its_deadline(monkeypatch):
     fake_clock(monkeypatch)
     row = autotune.measure_class({"a": FakeSession(1.0), "b": FakeSession(1.5)}, {}, deadline=0.0)
     assert row["rounds"] == 1  # past the deadline: the one round a choice needs, no more
+
+
+def test_a_table_measured_on_a_busy_machine_serves_but_is_not_cached(models, tmp_path, measured, monkeypatch):
+    monkeypatch.setattr(autotune, "machine_load", lambda: 64.0)
+    s = settings(models, tmp_path / "cache")
+    m = load(models, "shoe2boot", s)
+    assert m.autotune["source"] == "measured" and m.autotune["file"] is None and m.backend == OPENVINO
+    assert m.autotune["rows"][0]["loadavg"] == 64.0
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    load(models, "shoe2boot", s)
+    assert measured["measures"] == 2  # nothing cached: measured again
