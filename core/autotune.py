@@ -10,8 +10,9 @@ OpenVINO fp32 was 0.5-0.7x onnxruntime on the small graphs). So at load, per mod
   model's quality gate, so the choice is speed alone;
 - the size classes (`size_classes`): the input shapes a request's graph run has: an image model's native
   size, else 256x256 and its tile (one class when they are the same); a generator's n=1 and n=64;
-- per class, each candidate runs its shape once (a candidate WARM_PRUNE x slower than the fastest there is
-  out at once: the 128->512 upscale's fp32 runs are 6x its bf16 one), then timed rounds interleaved (order reversed every
+- per class, each candidate runs its shape once untimed (the first run of a shape compiles), then once timed
+  (a candidate WARM_PRUNE x slower than the fastest there is out at once: the 128->512 upscale's fp32 runs
+  are 6x its bf16 one), then timed rounds interleaved (order reversed every
   other round, a short settle before each call so one runtime's spinning threads do not tax the next),
   from the third round a candidate whose median is over PRUNE x the best median dropped, until the per-model budget
   (GANFORGE_AUTOTUNE_BUDGET_S) or MAX_ROUNDS; the fastest median wins. Where the classes pick different
@@ -48,7 +49,7 @@ from .cpu import cpu_flags, cpu_model, logical_cores
 
 logger = logging.getLogger("bentoml.ganforge")
 
-AUTOTUNE_VERSION = 2  # bump when the measurement or the file's layout changes: old caches are remeasured
+AUTOTUNE_VERSION = 3  # bump when the measurement or the file's layout changes: old caches are remeasured
 MAX_ROUNDS = 31  # small graphs get many rounds within the budget: their candidates differ by a millisecond
 PRUNE = 2.0  # from the third round on, a candidate whose median is this times the best median is dropped
 WARM_PRUNE = 4.0  # a candidate whose first (untimed) call took this times the fastest first call is dropped
@@ -155,11 +156,11 @@ def measure_class(sessions: dict[str, Any], feeds: dict[str, np.ndarray], deadli
                   settle_s: float = SETTLE_S) -> dict[str, Any]:
     """label -> median ms on one size class, interleaved rounds; `pruned_ms`: the candidates dropped early
     (their median so far; the warm-up call's time for those dropped right after it)."""
-    warm = {}
-    for label, session in sessions.items():  # a shape's first run compiles and allocates: not a sample
-        warm[label] = time_call(session, feeds, settle_s)
+    for session in sessions.values():  # a shape's first run compiles and allocates (OpenVINO: 10x): untimed
+        session.run(None, feeds)
+    warm = {label: time_call(session, feeds, settle_s) for label, session in sessions.items()}
     pruned = {label: ms for label, ms in warm.items() if ms > WARM_PRUNE * min(warm.values())}
-    dropped_at = {label: "its first call (untimed: includes the shape's first-run setup)" for label in pruned}
+    dropped_at = {label: "its first timed call" for label in pruned}
     alive = [label for label in sessions if label not in pruned]
     samples: dict[str, list[float]] = {label: [] for label in alive}
     rounds = 0

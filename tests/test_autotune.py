@@ -219,7 +219,7 @@ def test_measure_class_keeps_the_close_ones_and_drops_the_slow(monkeypatch):
     row = autotune.measure_class(sessions, {}, deadline=float("inf"))
     assert row["ms"]["a"] == 10.0 and row["ms"]["b"] == 11.0 and row["rounds"] == autotune.MAX_ROUNDS
     assert row["ms"]["c"] is None and row["pruned_ms"]["c"] == 25.0 and "3 rounds" in row["pruned_at"]["c"]
-    assert row["ms"]["d"] is None and "first call" in row["pruned_at"]["d"]
+    assert row["ms"]["d"] is None and "first timed call" in row["pruned_at"]["d"]
     assert autotune.choose(row)[0] == "a"
 
 
