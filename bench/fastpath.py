@@ -173,7 +173,8 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
         bases = {"default": bases.pop("default"), **bases}
         clients = {n: stack.enter_context(httpx.Client(base_url=b, timeout=300)) for n, b in bases.items()}
         choices = {m["name"]: {"backend": m.get("backend"), "precision": m.get("precision"),
-                               "reason": m.get("precision_reason")}
+                               "reason": m.get("precision_reason"),
+                               "autotune_s": (m.get("autotune") or {}).get("seconds")}
                    for m in clients["default"].get("/models").json()["models"]}
         out: dict[str, Any] = {"choices": choices}
         if p2p is not None:
