@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart,jobs,training] [--name NAME]
+"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart,jobs,fastpath,training] [--name NAME]
 
 Runs the sections, prints a plain-text table per section, and writes
 bench/results/<name>.json (machine, versions, every figure and its samples)
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, bigimage, coldstart, compute, jobs, precision, serving, telemetry, training, tuning
+from . import backends, bigimage, coldstart, compute, fastpath, jobs, precision, serving, telemetry, training, tuning
 from .common import PROFILES, busy_warning, machine
 from .models import REPO, prepare
 
@@ -32,6 +32,8 @@ SECTIONS = {
     "coldstart": (coldstart.run, coldstart.report, "cold start"),
     "jobs": (jobs.run, jobs.report, "jobs: the job path vs sync, cancel -> idle, restart -> running"),
     "training": (training.run, training.report, "training steps/s, train.precision fp32 vs auto (+ quality: full)"),
+    "fastpath": (fastpath.run, fastpath.report, "issue 26: ganforge vs a minimal peer and the bare session; "
+                                                "the default choice vs the forced ones"),
 }
 NEEDS_NO_MODELS = {"training"}  # sections that measure torch training, not the served models
 OPT_IN = {"training"}  # minutes of training on the CPU: run with --only training

@@ -19,6 +19,9 @@ AVX512-BF16, and OpenVINO's OPTIMIZATION_CAPABILITIES lists BF16), and only when
 `variants.bf16` gate (`python -m training bf16 NAME`) passed at >= BF16_GATE_DB; else fp32, with the
 reason. INFERENCE_PRECISION_HINT is always set: OpenVINO's own default is bf16 on AMX CPUs.
 
+That is the static rule. Where both GANFORGE_BACKEND and GANFORGE_PRECISION are auto on the CPU, the service
+then measures each model's gated candidates and serves the fastest (core/autotune.py, core/tuned.py).
+
 OpenVINO is imported only when a model is compiled with it, so onnxruntime-only use pays nothing.
 """
 

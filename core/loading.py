@@ -103,6 +103,7 @@ class ServedModel:
     precision_note: str | None = None  # why it is not the precision GANFORGE_PRECISION asked for
     precision_reason: str | None = None  # why this backend runs this precision (always set once planned)
     observe_run: Callable[[int], None] | None = field(default=None, repr=False)  # rows of each graph run (metrics)
+    autotune: dict[str, Any] | None = None  # core/tuned.py: the measured table and choice, or why none
 
     @property
     def endpoint(self) -> str | None:
@@ -149,6 +150,8 @@ class ServedModel:
             out["runtime"] = {role: session.describe() for role, session in self.sessions.items()}
         if self.precision_note:
             out["precision_note"] = self.precision_note
+        if self.autotune is not None:
+            out["autotune"] = self.autotune
         card = self.card.to_dict() if self.card is not None else {}
         if "variants" in card:
             out["variants"] = {name: {k: v[k] for k in PUBLIC_VARIANT_KEYS if k in v}

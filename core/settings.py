@@ -8,6 +8,7 @@ with the defaults it wants. Nothing here reads the environment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -20,6 +21,8 @@ class RuntimeConfig(Protocol):
     ort_threads: int  # 0: the runtime's default
     tile: int  # 0: the card's
     tile_overlap: int  # -1: the card's
+    autotune_budget_s: float  # 0: no autotune (core/tuned.py)
+    autotune_dir: Path | None  # None: <models dir>/.autotune
 
     def precision_for(self, name: str) -> str: ...
 
@@ -34,6 +37,8 @@ class RuntimeSettings:
     tile_overlap: int = -1
     precision: str = "auto"
     model_precision: tuple[tuple[str, str], ...] = ()
+    autotune_budget_s: float = 0.0  # offline code keeps the static rule unless it asks
+    autotune_dir: Path | None = None
 
     def precision_for(self, name: str) -> str:
         return dict(self.model_precision).get(name, self.precision)

@@ -204,6 +204,20 @@ class Settings:
         variant, or on the other device, serves fp32 and logs why; `/models` shows each model's `backend`,
         `device`, `precision` and `precision_reason`""")
     model_precision: tuple[tuple[str, str], ...] = ()  # GANFORGE_PRECISION's NAME:PRECISION entries
+    autotune_budget_s: float = env_var(
+        "GANFORGE_AUTOTUNE_BUDGET_S", 5.0, minimum=0.0,
+        help="""with `GANFORGE_BACKEND` and `GANFORGE_PRECISION` both `auto` on the CPU, each model runs its
+        fastest candidate that passes its quality gate (onnxruntime fp32, OpenVINO fp32, OpenVINO bf16 where
+        the card's gate passed and the CPU has native bf16, int8 where the card has a passed variant), per
+        input-size class, measured at load on the model's own input shapes within this many seconds per model
+        and cached (`GANFORGE_AUTOTUNE_DIR`), so a restart measures nothing (`core/autotune.py`; `/models`
+        shows the table, the choice and why). 0: no measurement, the static rule (OpenVINO, bf16 where the
+        gate passed). Either variable set by hand forces its choice and nothing is measured""")
+    autotune_dir: Path | None = env_var(
+        "GANFORGE_AUTOTUNE_DIR", None, kind="path", shown="`<GANFORGE_MODELS_DIR>/.autotune`",
+        help="""where the autotune tables are cached, one JSON file per model, keyed by the model's version,
+        the CPU model and flags and the onnxruntime / OpenVINO versions (written atomically; a corrupt or
+        stale file is measured again). Where it cannot be written, every start measures""")
     metrics: bool = env_var(
         "GANFORGE_METRICS", True,
         help="""1: ganforge's own per-model Prometheus series and trace spans (`service/telemetry.py`,

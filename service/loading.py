@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.loading import ServedModel, load_model
+from core.loading import ServedModel
 from core.runtime import CUDA
+from core.tuned import load_tuned
 
 from . import telemetry
 from .batching import SessionBatcher
@@ -23,8 +24,9 @@ AUTO_BATCH_MAX = 16
 
 
 def load_served(folder: Path, settings: Settings, providers: list) -> ServedModel:
-    """`core.loading.load_model` (never raises for a bad model), then metrics and batchers when it is ready."""
-    model = load_model(folder, settings, providers, on_wait=telemetry.add_wait)
+    """`core.tuned.load_tuned` (load_model and the autotune step; never raises for a bad model), then metrics
+    and batchers when it is ready."""
+    model = load_tuned(folder, settings, providers, on_wait=telemetry.add_wait)
     if not model.ready:
         return model
     batch_max = settings.batch_max or (AUTO_BATCH_MAX if model.provider == CUDA else 1)

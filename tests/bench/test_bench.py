@@ -157,3 +157,20 @@ def test_jobs_section(smoke):
     assert jobs["ratio"]["sync"] == 1.0 and len(jobs["cancel_to_idle_s"]) >= 1
     assert jobs["restart"]["running_s"] >= jobs["restart"]["ready_s"] > 0
     assert "restart -> ready" in smoke[1]
+
+
+def test_fastpath_rows(smoke):
+    """issue 26's section: ganforge vs the peer and the bare sessions, default vs forced per model, upscale."""
+    section = smoke[0]["sections"]["fastpath"]
+    peer = section["peer"]
+    assert {"ganforge", "peer", "session ort fp32"} <= set(peer["stats"])
+    assert peer["ganforge_over_peer"] == pytest.approx(peer["stats"]["ganforge"]["p50_ms"] / peer["stats"]["peer"]["p50_ms"])
+    assert {r["model"] for r in section["choice"]} >= {"fashion", "colorize", "sneaker2boot", "srresnet-x4", "srgan-x4"}
+    for r in section["choice"]:
+        assert set(r["stats"]) == {"default", "ort fp32", "ov fp32", "ov bf16"} and r["default_over_fastest"] > 0
+        assert r["fastest_forced"] in ("ort fp32", "ov fp32", "ov bf16")
+    for name, choice in section["choices"].items():
+        assert choice["backend"] in ("onnxruntime", "openvino") and choice["reason"], name
+    if section["upscale"] is not None:  # needs native bf16
+        assert section["upscale"]["http_over_session"] > 0 and section["upscale"]["served_psnr_vs_ort_fp32_db"] > 30
+    assert "ganforge/peer" in smoke[1] and "default/fastest forced" in smoke[1]

@@ -118,7 +118,8 @@ def test_bf16_only_on_openvino():
 
 
 def test_auto_serves_openvino_on_this_cpu_and_onnxruntime_when_forced(fixture_models):
-    auto = ModelRegistry.load(Settings(models_dir=fixture_models, device="auto"))
+    # the static rule (GANFORGE_AUTOTUNE_BUDGET_S=0); the measured choice: tests/test_autotune.py
+    auto = ModelRegistry.load(Settings(models_dir=fixture_models, device="auto", autotune_budget_s=0.0))
     if auto.device == "cuda":
         pytest.skip("a GPU is here: auto is onnxruntime on CUDA")
     for m in auto.models.values():
@@ -206,7 +207,7 @@ def test_bf16_command_records_the_gate_and_the_service_runs_it(fixture_models, t
     assert entry["passed"] is (entry["psnr_vs_fp32_db_min"] >= 45.0)
     assert entry["measured_on"]["flags"] and entry["measured_on"]["openvino"] and entry["speedup"] > 0
 
-    registry = ModelRegistry.load(Settings(models_dir=root, device="cpu"))
+    registry = ModelRegistry.load(Settings(models_dir=root, device="cpu", autotune_budget_s=0.0))  # the static rule
     sr = registry.get("srresnet-x4")
     assert sr.ready and sr.precision == ("bf16" if entry["passed"] else "fp32"), sr.precision_reason
     assert registry.get("edges2color").precision == "fp32"  # not measured: fp32
@@ -242,7 +243,8 @@ def test_cuda_probe_asks_the_driver_first(caplog):
 def test_a_cpu_only_start_prints_no_cuda_errors(fixture_models, tmp_path):
     if nvidia_gpu()[0]:
         pytest.skip("an NVIDIA GPU is here")
-    with running_server(fixture_models, tmp_path, GANFORGE_BACKEND="auto") as (_base, log_path):
+    with running_server(fixture_models, tmp_path, GANFORGE_BACKEND="auto",
+                        GANFORGE_AUTOTUNE_BUDGET_S="0") as (_base, log_path):  # the static rule's log lines
         log = log_path.read_text(errors="replace")
     assert "Failed to load" not in log and "[E:" not in log and "libcublas" not in log, log[-3000:]
     assert "CUDA not tried" in log

@@ -275,7 +275,7 @@ def test_registry_loads_fixtures_on_cpu(svc_unit_models):
 
 
 def test_auto_device_reports_what_runs(svc_unit_models):
-    reg = ModelRegistry.load(Settings(models_dir=svc_unit_models, device="auto"))
+    reg = ModelRegistry.load(Settings(models_dir=svc_unit_models, device="auto", autotune_budget_s=0.0))
     has_cuda = reg.device == "cuda"
     for m in reg.models.values():
         assert m.provider == ("CUDAExecutionProvider" if has_cuda else "OpenVINO:CPU")  # auto: OpenVINO on the CPU

@@ -16,6 +16,7 @@ from torch import nn
 
 from contract.folder import sha256_file, verify_model_dir
 from core.imaging import to_float, to_pixels
+from core.backends import native_bf16
 from service_fixtures import running_server, service_client
 from testkit.tiny import drift_onnxruntime
 from training.__main__ import main as cli
@@ -155,6 +156,12 @@ def test_import_card(name, imported, checkpoints):
         assert card["input"]["multiple_of"] == 256 and card["input"]["min_size"] == 256
     if name == "restore-x1":
         assert card["input"]["multiple_of"] == 4
+    bf16 = card.get("variants", {}).get("bf16")  # measured at import where this CPU has native bf16 (issue 26)
+    if native_bf16()[0]:
+        assert bf16["produced"] == "measure" and bf16["of_version"] == card["version"]
+        assert bf16["passed"] is (bf16["psnr_vs_fp32_db_min"] >= 45.0)
+    else:
+        assert bf16 is None
 
 
 def test_batch_statistics_mode(checkpoints, tmp_path):

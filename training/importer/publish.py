@@ -24,9 +24,10 @@ from contract.folder import check_name, sha256_file, utc_now
 
 from ..export.build import build_graphs
 from ..export.card import eval_mode_notes, graph_fields, io_fields, publish_card
-from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, BuildOptions, ExportError
 from modelops.numerics import Case, abs_diff, parity_sizes
 
+from ..bf16 import with_bf16_gate
+from ..export.options import DEFAULT_FP16_TOLERANCE, DEFAULT_TOLERANCE, BuildOptions, ExportError
 from ..export.parity import random_cases
 from ..export.publish import publish_folder
 from .errors import ImportFailed
@@ -436,7 +437,8 @@ def build_import(staging: Path, name: str, sources: list[Source], options: Impor
         raise ExportFailed(f"refusing to publish {name!r}: {sources[0].detected.arch} does not export to ONNX "
                            f"({first_line(e)})") from e
     notes = probe.notes + ([fp16_note] if fp16_note else [])
-    return publish_card(staging, name, lambda: import_card(staging, name, sources, specs, built, options, notes))
+    return publish_card(staging, name, lambda: with_bf16_gate(  # the bf16 gate, where this CPU has native bf16
+        staging, import_card(staging, name, sources, specs, built, options, notes), log))
 
 
 def import_weights(options: ImportOptions, log=print) -> ImportResult:
