@@ -69,6 +69,19 @@ def kill_server_tree(worker_pid: int, sig: int = signal.SIGKILL) -> int:
     return len(tree)
 
 
+def live_metrics_dirs(bentoml_home: Path) -> list[Path]:
+    """The Prometheus multiprocess folders of the instances running on `bentoml_home` (one per
+    `bentoml serve`, named <host>-<pid>-<start>: service/instance.py), oldest pid first."""
+    from service.instance import metrics_root, process_start
+
+    found = []
+    for folder in metrics_root(bentoml_home).glob("*-*-*"):
+        _, pid, started = folder.name.rsplit("-", 2)
+        if pid.isdigit() and process_start(int(pid)) == started:
+            found.append(folder)
+    return sorted(found, key=lambda f: int(f.name.rsplit("-", 2)[1]))
+
+
 @contextlib.contextmanager
 def running_server(models: Path, tmp: Path, **env_overrides: str):
     """`bentoml serve service.service:Ganforge` on a free loopback port, ready; yields (base_url, log_path)."""

@@ -29,6 +29,7 @@ from ..admission import BOOK
 from ..config import Settings
 from ..deadline import RequestCancelled
 from ..errors import ApiError
+from ..instance import process_start
 from ..registry import ModelRegistry
 from .files import JobFiles, StorageFull
 from .metrics import JobTelemetry
@@ -90,15 +91,6 @@ def first_estimate(ctx: JobContext, image_path) -> float | None:
 
 
 KINDS: dict[str, Callable[[JobContext], handlers.ImageResult]] = {"image": run_image}
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), or None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
 
 
 def owner_id() -> str:
