@@ -83,11 +83,14 @@ def live_metrics_dirs(bentoml_home: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def running_server(models: Path, tmp: Path, **env_overrides: str):
-    """`bentoml serve service.service:Ganforge` on a free loopback port, ready; yields (base_url, log_path)."""
+def running_server(models: Path, tmp: Path, *, port: int | None = None, prefix: tuple[str, ...] = (),
+                   **env_overrides: str):
+    """`bentoml serve service.service:Ganforge` on `port` (default: a free loopback port), ready; yields
+    (base_url, log_path). `prefix`: a command the server runs under (e.g. `unshare --uts ...`), which
+    must exec it (the pid stays the server's)."""
     import httpx
 
-    port = free_port()
+    port = port or free_port()
     log_path = tmp / f"server-{port}.log"
     env = {
         **os.environ,
@@ -102,7 +105,7 @@ def running_server(models: Path, tmp: Path, **env_overrides: str):
         env.pop("GANFORGE_AUTH_TOKEN", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
+            [*prefix, str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"

@@ -9,7 +9,8 @@ Data flow:
   requests at every tile), writes results/<id> atomically, and records the end; every status change
   appends an event (events.py streams them) and, when asked, a webhook delivery (webhooks.py).
 
-Modules: record (the Job), store (the interface) and sqlite (the embedded store), files, token,
+Modules: record (the Job), store (the interface), sqlite (the embedded store) and postgres + pgschema
+(the store replicas share, GANFORGE_JOBS_DB), files, token,
 runner, submit, routes, events, webhooks, metrics, layer (one worker's parts together).
 """
 

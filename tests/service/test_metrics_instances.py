@@ -10,7 +10,6 @@ import contextlib
 
 import httpx
 import pytest
-
 from metrics_workload import png, request_tally, samples
 from service_fixtures import live_metrics_dirs, running_server, write_fixture_models
 
