@@ -143,10 +143,11 @@ container container-gpu:
 	  $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(ENGINE),--engine $(ENGINE))
 
 # Builds the CPU image (on models/, or fixture models when it is empty), runs it on 127.0.0.1, checks
-# every endpoint against the in-process service, /metrics, logs and SIGTERM, then removes it.
+# every endpoint against the in-process service, /metrics, logs and SIGTERM, then removes it; then plays
+# deploy/kubernetes.yaml on it with `podman kube play` (a throwaway PostgreSQL, the README's curl lines).
 container-test: $(VENV)/.stamp-dev container-engine
 	GANFORGE_CONTAINER_TEST=1 GANFORGE_CA_BUNDLE=$(CA_BUNDLE) GANFORGE_CONTAINER_ENGINE=$(ENGINE) \
-	  $(PY) -m pytest tests/deploy/test_container.py -rs -s --timeout=1800
+	  $(PY) -m pytest tests/deploy/test_container.py tests/deploy/test_kube_play.py -rs -s --timeout=1800
 
 # podman + runc + debootstrap from apt when no engine works (root; a no-op otherwise): deploy/podman-setup.sh
 container-engine:
