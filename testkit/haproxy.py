@@ -49,12 +49,14 @@ def missing() -> str | None:
 
 
 @contextlib.contextmanager
-def load_balancer(tmp: Path, ports: list[int]):
-    """haproxy on a free loopback port in front of 127.0.0.1:`ports`; yields its base URL once it answers."""
+def load_balancer(tmp: Path, ports: list[int | str]):
+    """haproxy on a free loopback port in front of `ports` (a port on 127.0.0.1, or "host:port"); yields
+    its base URL once it answers."""
     import httpx
 
     port = free_port()
-    servers = "\n".join(f"    server r{i} 127.0.0.1:{p} check" for i, p in enumerate(ports))
+    servers = "\n".join(f"    server r{i} {p if isinstance(p, str) else f'127.0.0.1:{p}'} check"
+                         for i, p in enumerate(ports))
     config = tmp / "haproxy.cfg"
     config.write_text(CONFIG.format(port=port, servers=servers))
     subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], check=True, capture_output=True, timeout=30)

@@ -59,8 +59,9 @@ def as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def throwaway_postgres(max_connections: int = 200):
-    """A running cluster; yields its URL (trust auth on loopback only)."""
+def throwaway_postgres(max_connections: int = 200, trust_cidr: str | None = None):
+    """A running cluster; yields its URL (trust auth on loopback only). `trust_cidr` (e.g. a container
+    network's subnet): it also listens on every interface and trusts that subnet (pg_hba refuses the rest)."""
     reason = missing()
     if reason is not None:
         raise RuntimeError(reason)
@@ -73,7 +74,12 @@ def throwaway_postgres(max_connections: int = 200):
     try:
         subprocess.run(as_postgres([str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                                     "--no-sync", "-E", "UTF8"]), check=True, capture_output=True, timeout=120)
-        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
+        listen = "127.0.0.1"
+        if trust_cidr:
+            listen = "*"
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {trust_cidr} trust\n")
+        options = (f"-p {port} -k {root} -c listen_addresses='{listen}' -c fsync=off -c full_page_writes=off "
                    f"-c max_connections={max_connections}")
         subprocess.run(as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
                                     "-w", "-t", "60", "start"]), check=True, capture_output=True, timeout=90)

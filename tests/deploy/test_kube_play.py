@@ -1,21 +1,21 @@
 """deploy/kubernetes.yaml played for real with `podman kube play` on the image `make container` builds
-(`make container-test`; GANFORGE_CONTAINER_TEST=1): the init container seeds the shared volume with the
+(`make container-test`; GANFORGE_CONTAINER_TEST=1): the container seeds the shared volume with the
 image's models, the pod starts on a throwaway PostgreSQL job store (testkit/postgres.py), its probes
 answer, and the README's curl lines (the API and the jobs blocks) answer through it.
 
-What the test changes in the manifest, and why: the image (the one just built, for the init container
-too), the CPU instead of a GPU, GANFORGE_JOBS_DB as a value (podman has no Kubernetes secrets), no token,
-`hostNetwork` (the pod reaches the host's loopback PostgreSQL; the test reaches port 3000), and unique
-names. podman plays a Deployment as one pod whatever `replicas` says; two replicas sharing the store are
-tests/service/test_replicas.py. The Service is left out (podman has none). Skipped, saying why, where
-podman, PostgreSQL or port 3000 is not there.
+podman plays the Deployment's 2 replicas as 2 pods on its kube network, sharing the volume and the
+database; haproxy (testkit/haproxy.py) stands in for the Service in front of the two pod addresses.
+What the test changes in the manifest, and why: the image (the one just built), the CPU instead of a
+GPU, GANFORGE_JOBS_DB as a value (podman has no Kubernetes secrets; the database listens on the kube
+network's gateway, trusting only that subnet), no token, no declared port (podman would publish it on the host,
+where two pods collide; the probes name it by number), unique names. Skipped, saying why, where podman,
+PostgreSQL or haproxy is not there.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 import uuid
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from service_fixtures import REPO
-from testkit import postgres
+from testkit import haproxy, postgres
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +33,33 @@ if os.environ.get("GANFORGE_CONTAINER_TEST") != "1":
     pytest.skip("builds and runs the service image (minutes): `make container-test` runs it",
                 allow_module_level=True)
 
-PORT = 3000  # the image's port; hostNetwork puts it on the host
-READY_TIMEOUT_S = 240
-BASE = f"http://127.0.0.1:{PORT}"
+PORT = 3000  # the image's port, on each pod's own address
+READY_TIMEOUT_S = 180
 
 
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def port_busy(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+KUBE_NETWORK = "podman-default-kube-network"  # where podman kube play puts pods (made on first use)
+
+
+def bridge() -> tuple[str, str]:
+    """(subnet, gateway) of the network podman kube play uses: the pods reach the host at the gateway."""
+    if run(["podman", "network", "exists", KUBE_NETWORK]).returncode != 0:
+        run(["podman", "network", "create", KUBE_NETWORK])
+    out = run(["podman", "network", "inspect", KUBE_NETWORK, "--format",
+               "{{range .Subnets}}{{.Subnet}} {{.Gateway}}{{end}}"]).stdout.split()
+    return out[0], out[1]
+
+
+def pod_addresses(name: str, replicas: int) -> list[str]:
+    found = []
+    for k in range(replicas):
+        infra = run(["podman", "pod", "inspect", f"{name}-pod-{k}", "--format", "{{.InfraContainerID}}"]).stdout.strip()
+        found.append(run(["podman", "inspect", infra, "--format",
+                          "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"]).stdout.strip())
+    return found
 
 
 def manifest_for_podman(image: str, db_url: str, suffix: str) -> tuple[list[dict], str, str]:
@@ -55,11 +70,12 @@ def manifest_for_podman(image: str, db_url: str, suffix: str) -> tuple[list[dict
     claim["metadata"]["name"] = volume = f"ganforge-shared-{suffix}"
     deployment["metadata"]["name"] = name = f"ganforge-{suffix}"
     pod = deployment["spec"]["template"]["spec"]
-    pod["hostNetwork"] = True
     pod["volumes"][0]["persistentVolumeClaim"]["claimName"] = volume
-    for container in pod["initContainers"] + pod["containers"]:
-        container["image"] = image
     (main,) = pod["containers"]
+    main["image"] = image
+    main.pop("ports")  # podman publishes a declared port on the host (3000 for both pods); the pods' own
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # addresses serve it, probes by number
+        main[probe]["httpGet"]["port"] = PORT
     main["resources"]["limits"].pop("nvidia.com/gpu")
     main["resources"]["requests"] = {"cpu": "1", "memory": "1Gi"}
     env = [e for e in main["env"] if e["name"] not in ("GANFORGE_AUTH_TOKEN", "GANFORGE_JOBS_DB")]
@@ -77,81 +93,87 @@ def readme_commands(heading: str) -> list[str]:
     return [line.split("   #")[0].strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def shell(command: str, cwd) -> subprocess.CompletedProcess:
-    local = command.replace("localhost:3000", f"127.0.0.1:{PORT}")
+def shell(command: str, base: str, cwd) -> subprocess.CompletedProcess:
+    local = command.replace("localhost:3000", base.removeprefix("http://"))
     return subprocess.run(["bash", "-o", "pipefail", "-ec", local], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 
 @pytest.fixture(scope="module")
 def played(engine, image, tmp_path_factory):
-    """The manifest played and ready; yields (pod name, database URL)."""
+    """The manifest played, both pods ready, haproxy in front; yields (pod name, pod addresses, balancer URL,
+    database URL)."""
     if engine != "podman":
         pytest.skip(f"podman kube play plays the manifest; the engine here is {engine}")
-    reason = postgres.missing()
-    if reason:
-        pytest.skip(reason)
-    if port_busy(PORT):
-        pytest.skip(f"port {PORT} is taken on this host (the pod runs on the host network)")
+    for reason in (postgres.missing(), haproxy.missing()):
+        if reason:
+            pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("kube")
     suffix = uuid.uuid4().hex[:6]
-    with postgres.throwaway_postgres() as db_url:
-        docs, name, volume = manifest_for_podman(image, db_url, suffix)
+    subnet, gateway = bridge()
+    with postgres.throwaway_postgres(trust_cidr=subnet) as db_url:
+        pod_url = db_url.replace("@127.0.0.1:", f"@{gateway}:")
+        docs, name, volume = manifest_for_podman(image, pod_url, suffix)
+        replicas = docs[1]["spec"]["replicas"]
         path = tmp / "kube.yaml"
         path.write_text(yaml.safe_dump_all(docs))
-        # what fsGroup does on a cluster: the volume is writable by the image's user (podman ignores fsGroup)
-        assert run(["podman", "volume", "create", volume]).returncode == 0
-        mountpoint = run(["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", volume]).stdout.strip()
-        os.chown(mountpoint, 1034, 1034)
         try:
             played = run(["podman", "kube", "play", str(path)], timeout=600)
             assert played.returncode == 0, played.stdout + played.stderr
-            wait_ready(name)
-            yield name, db_url
+            addresses = [f"{ip}:{PORT}" for ip in pod_addresses(name, replicas)]
+            for address in addresses:
+                wait_ready(name, f"http://{address}")
+            with haproxy.load_balancer(tmp, addresses) as base:
+                yield name, addresses, base, db_url
         finally:
-            logs = run(["podman", "pod", "logs", f"{name}-pod"]).stdout
-            (tmp / "pod.log").write_text(logs)
+            for k in range(replicas):
+                (tmp / f"pod-{k}.log").write_text(run(["podman", "pod", "logs", f"{name}-pod-{k}"]).stdout)
             run(["podman", "kube", "down", str(path)], timeout=300)
             run(["podman", "volume", "rm", "-f", volume])
 
 
-def wait_ready(name: str) -> None:
+def wait_ready(name: str, base: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         try:
-            if httpx.get(f"{BASE}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        states = run(["podman", "pod", "ps", "--filter", f"name={name}", "--format", "{{.Status}}"]).stdout
-        if time.monotonic() > deadline or "Exited" in states or "Error" in states:
-            logs = run(["podman", "pod", "logs", f"{name}-pod"]).stdout[-4000:]
-            raise AssertionError(f"the pod never got ready ({states.strip()}):\n{logs}")
+        if time.monotonic() > deadline:
+            logs = run(["podman", "pod", "logs", f"{name}-pod-0"]).stdout[-4000:]
+            raise AssertionError(f"{base} never got ready:\n{logs}")
         time.sleep(1)  # polling interval
 
 
-def test_pod_starts_and_its_probes_answer(played):
-    name, _ = played
+def test_both_pods_start_and_their_probes_answer(played):
+    name, addresses, _, _ = played
     deployment = yaml.safe_load_all((REPO / "deploy" / "kubernetes.yaml").read_text())
     (container,) = next(d for d in deployment if d and d["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert httpx.get(f"{BASE}{container[probe]['httpGet']['path']}", timeout=10).status_code == 200, probe
-    status = run(["podman", "pod", "inspect", f"{name}-pod", "--format", "{{.State}}"]).stdout.strip()
-    assert status == "Running", status
-    jobs = httpx.get(f"{BASE}/models", timeout=30).json()["jobs"]
-    assert jobs["store"] == "postgresql" and jobs["dir"] == "/shared/jobs", jobs
+    assert len(addresses) >= 2
+    for k, address in enumerate(addresses):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            answer = httpx.get(f"http://{address}{container[probe]['httpGet']['path']}", timeout=10)
+            assert answer.status_code == 200, (address, probe)
+        status = run(["podman", "pod", "inspect", f"{name}-pod-{k}", "--format", "{{.State}}"])
+        assert status.stdout.strip() == "Running", (status.stdout, status.stderr)
+        described = httpx.get(f"http://{address}/models", timeout=30).json()
+        served = {m["name"] for m in described["models"]}
+        assert served and all(not m.startswith(".seed-") for m in served), served  # seeded onto the volume
+        jobs = described["jobs"]
+        assert jobs["store"] == "postgresql" and jobs["dir"] == "/shared/jobs", jobs
 
 
-def test_readme_curl_lines_answer_through_the_pod(played, tmp_path):
-    _, db_url = played
+def test_readme_curl_lines_answer_through_the_pods(played, tmp_path):
+    _, addresses, base, db_url = played
     (tmp_path / "samples").symlink_to(REPO / "samples")
     for command in readme_commands("## The API"):
-        done = shell(command.replace("curl -s ", "curl -sf "), tmp_path)
+        done = shell(command.replace("curl -s ", "curl -sf "), base, tmp_path)
         assert done.returncode == 0, (command, done.stdout[-500:], done.stderr[-500:])
     jobs = readme_commands("### Jobs: work that outlasts a request")
     script = "\n".join(c if "/cancel" in c else c.replace("curl -s", "curl -sf", 1) for c in jobs)
-    done = shell(script, tmp_path)
+    done = shell(script, base, tmp_path)
     assert done.returncode == 0, (done.stdout[-1000:], done.stderr[-1000:])
     assert (tmp_path / "raindrops-512.png").stat().st_size > 0
     job_id = re.search(r'"id":\s*"([^"]+)"', (tmp_path / "job.json").read_text()).group(1)
