@@ -14,6 +14,7 @@ Skipped, saying why, where postgresql or haproxy is not installed (`make test` i
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -135,6 +136,30 @@ def test_a_sigkilled_replicas_job_is_taken_over_and_finished(cluster):
         assert len(http.get(f"/jobs/{job_id}/result").content) > 0
     victim.start()
     print(f"SIGKILL -> running on the other replica: {takeover_s:.1f} s (lease {LEASE_S:g} s)")
+
+
+def test_a_cancel_sent_to_the_other_replica_stops_the_job_where_it_runs(cluster):
+    _, url, a, b = cluster
+    with httpx.Client(timeout=60) as http:
+        base_a = f"http://127.0.0.1:{a.port}"
+        r = submit(http, f"{base_a}/upscale", files={"image": ("a.png", png(240, 9), "image/png")},
+                   data={"model": "slow-x4"})
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 60
+        while (job := http.get(f"{base_a}/jobs/{job_id}").json())["status"] != "running" or job["done"] < 1:
+            assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+            time.sleep(0.1)
+        runs, other = (a, b) if job_id in a.ran() else (b, a)
+        sent = time.monotonic()
+        canceled = http.post(f"http://127.0.0.1:{other.port}/jobs/{job_id}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+        stopped = re.compile(rf"job {re.escape(job_id)} stopped \(job_canceled\)")
+        while not any(stopped.search(log.read_text(errors="replace")) for log in runs.logs):
+            assert time.monotonic() - sent < 10, "the replica running it never stopped"
+            time.sleep(0.05)
+        stop_s = time.monotonic() - sent
+        assert http.get(f"http://127.0.0.1:{other.port}/jobs/{job_id}/result").status_code == 409
+    print(f"cancel through the other replica -> stopped where it ran: {stop_s:.2f} s")
 
 
 def load(base: str, stop: threading.Event, ids: list[str], statuses: list[int]) -> None:
