@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from .launcher import free_port, kill_server_tree, running_server
@@ -19,10 +20,16 @@ RUNNING_LINE = re.compile(r"job (\S+) \(\S+ \S+\) running, attempt \d+")
 
 
 def other_host_prefix() -> tuple[str, ...]:
-    """Run a replica as if on another machine: a UTS namespace with its own host name (root), else none."""
+    """Run a replica as if on another machine: a UTS namespace with its own host name (root, where the
+    kernel lets it make one), else none (both replicas on this host: a dead one's pid shows at once)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return ()
-    return ("unshare", "--uts", "sh", "-c", f'hostname {OTHER_HOST} && exec "$@"', "sh")
+    prefix = ("unshare", "--uts", "sh", "-c", f'hostname {OTHER_HOST} && exec "$@"', "sh")
+    try:
+        works = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        works = False
+    return prefix if works else ()
 
 
 class Replica:
