@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 PORT   ?= 3000
 # pip reads this machine's constraint file (torch pins) from /etc/xdg/pip when present
 
-.PHONY: serve test test-fast browser prometheus data models bench build clean help soak gpu-check fp16
+.PHONY: serve test test-fast browser prometheus replicas-deps data models bench build clean help soak gpu-check fp16
 .PHONY: container container-gpu container-test container-engine
 
 help:
@@ -14,6 +14,7 @@ help:
 	@echo "make test     create $(VENV), install everything the tests need, run pytest"
 	@echo "make browser  apt-get install chromium for tests/service/test_ui.py (root; a no-op when it is there)"
 	@echo "make prometheus  apt-get install prometheus (+ promtool) for the real scrape test (root; a no-op when there)"
+	@echo "make replicas-deps  apt-get install postgresql haproxy for the replicas tests (root; a no-op when there)"
 	@echo "make data     build the default datasets from Debian packages into data/"
 	@echo "make models   retrain, export and evaluate the whole default zoo (hours on a CPU)"
 	@echo "make build    bentoml build (the Bento: service + models, no torch)"
@@ -67,8 +68,15 @@ prometheus:
 	@if [ -x "$(PROMETHEUS)" ] && command -v promtool >/dev/null 2>&1; then :; \
 	else $(call apt_install,prometheus,the scrape test); fi
 
+# Debian's postgresql (a throwaway cluster per test: testkit/postgres.py) and haproxy (testkit/haproxy.py) for
+# tests/service/test_replicas.py and test_jobs_postgres.py: replicas sharing a PostgreSQL job store behind a balancer.
+PG_INITDB ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+replicas-deps:
+	@if [ -n "$(PG_INITDB)" ] && command -v haproxy >/dev/null 2>&1; then :; \
+	else $(call apt_install,postgresql haproxy,tests/service/test_replicas.py); fi
+
 # the layers first (pyproject [tool.importlinter]: contract < core < training | service < testkit < bench | soak | client)
-test: $(VENV)/.stamp-dev browser prometheus
+test: $(VENV)/.stamp-dev browser prometheus replicas-deps
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
@@ -135,10 +143,11 @@ container container-gpu:
 	  $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(ENGINE),--engine $(ENGINE))
 
 # Builds the CPU image (on models/, or fixture models when it is empty), runs it on 127.0.0.1, checks
-# every endpoint against the in-process service, /metrics, logs and SIGTERM, then removes it.
+# every endpoint against the in-process service, /metrics, logs and SIGTERM, then removes it; then plays
+# deploy/kubernetes.yaml on it with `podman kube play` (a throwaway PostgreSQL, the README's curl lines).
 container-test: $(VENV)/.stamp-dev container-engine
 	GANFORGE_CONTAINER_TEST=1 GANFORGE_CA_BUNDLE=$(CA_BUNDLE) GANFORGE_CONTAINER_ENGINE=$(ENGINE) \
-	  $(PY) -m pytest tests/deploy/test_container.py -rs -s --timeout=1800
+	  $(PY) -m pytest tests/deploy/test_container.py tests/deploy/test_kube_play.py -rs -s --timeout=1800
 
 # podman + runc + debootstrap from apt when no engine works (root; a no-op otherwise): deploy/podman-setup.sh
 container-engine:

@@ -230,6 +230,11 @@ class Settings:
         written atomically, so a restarted server can run the job again) and `results/<id>` (written
         atomically). Every worker and every restart must see the same folder (a volume in the container);
         the startup log and `GET /models` name it""")
+    jobs_db: str | None = env_var(
+        "GANFORGE_JOBS_DB", None, kind="db_url", shown="unset: SQLite",
+        help="""a `postgresql://user:password@host:port/db` URL: the job store that replicas share
+        (`service/jobs/postgres.py`; its schema is made at start). GANFORGE_JOBS_DIR must then be one folder
+        that every replica mounts (inputs and results stay files). Unset: `jobs.sqlite3` in GANFORGE_JOBS_DIR""")
     jobs_ttl_s: float = env_var(
         "GANFORGE_JOBS_TTL_S", 86400.0, minimum=1.0,
         help="""a finished job and its result are removed this many seconds after it finished (`expires_at`);

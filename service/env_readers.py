@@ -114,7 +114,16 @@ def read_webhook_secret(var: Any, raw: str) -> str | None:
     return raw
 
 
+def read_db_url(var: Any, raw: str) -> str | None:
+    """A PostgreSQL URL, or None (unset: the embedded SQLite store)."""
+    raw = raw.strip()
+    if raw and not raw.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{var.name} must be a postgresql:// URL (unset: SQLite in GANFORGE_JOBS_DIR)")
+    return raw or None
+
+
 READERS: dict[str, Callable[[Any, str], Any]] = {
     "path": read_path, "text": read_text, "choice": read_choice, "int": read_int, "float": read_float,
     "bool": read_bool, "precision": read_precision, "hosts": read_hosts, "webhook_secret": read_webhook_secret,
+    "db_url": read_db_url,
 }

@@ -42,6 +42,7 @@ from .admission import BOOK
 from .config import backstop_timeout, settings
 from .deadline import RequestCancelled
 from .errors import ApiError
+from .instance import use_own_metrics_dir
 from .handlers import Interpolation
 from .logs import use_log_format
 from .middleware import GanforgeMiddleware
@@ -55,6 +56,7 @@ logger = logging.getLogger("bentoml.ganforge")
 _BOOT = settings()
 use_log_format(_BOOT.log_format)  # BentoML set up its log handlers before importing this module
 cancel_timeout_timers()  # before BentoML builds the app: no request outlives its answer (service/upstream.py)
+use_own_metrics_dir()  # before `bentoml serve` makes the workers' metrics folder: one per instance (service/instance.py)
 
 
 def _as_text(value: Any) -> Any:

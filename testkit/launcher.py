@@ -69,12 +69,28 @@ def kill_server_tree(worker_pid: int, sig: int = signal.SIGKILL) -> int:
     return len(tree)
 
 
+def live_metrics_dirs(bentoml_home: Path) -> list[Path]:
+    """The Prometheus multiprocess folders of the instances running on `bentoml_home` (one per
+    `bentoml serve`, named <host>-<pid>-<start>: service/instance.py), oldest pid first."""
+    from service.instance import metrics_root, process_start
+
+    found = []
+    for folder in metrics_root(bentoml_home).glob("*-*-*"):
+        _, pid, started = folder.name.rsplit("-", 2)
+        if pid.isdigit() and process_start(int(pid)) == started:
+            found.append(folder)
+    return sorted(found, key=lambda f: int(f.name.rsplit("-", 2)[1]))
+
+
 @contextlib.contextmanager
-def running_server(models: Path, tmp: Path, **env_overrides: str):
-    """`bentoml serve service.service:Ganforge` on a free loopback port, ready; yields (base_url, log_path)."""
+def running_server(models: Path, tmp: Path, *, port: int | None = None, prefix: tuple[str, ...] = (),
+                   **env_overrides: str):
+    """`bentoml serve service.service:Ganforge` on `port` (default: a free loopback port), ready; yields
+    (base_url, log_path). `prefix`: a command the server runs under (e.g. `unshare --uts ...`), which
+    must exec it (the pid stays the server's)."""
     import httpx
 
-    port = free_port()
+    port = port or free_port()
     log_path = tmp / f"server-{port}.log"
     env = {
         **os.environ,
@@ -89,7 +105,7 @@ def running_server(models: Path, tmp: Path, **env_overrides: str):
         env.pop("GANFORGE_AUTH_TOKEN", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
+            [*prefix, str(BENTOML), "serve", "service.service:Ganforge", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"

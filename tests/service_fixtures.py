@@ -24,6 +24,7 @@ from testkit.launcher import (  # noqa: F401  (re-exported for the tests)
     REPO,
     STARTUP_TIMEOUT_S,
     free_port,
+    live_metrics_dirs,
     running_server,
     stop_process_group,
 )

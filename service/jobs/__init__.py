@@ -12,7 +12,8 @@ Data flow:
 A `video` or an `archive` upload (intake.py: probed / listed at submit) is always a job, of kind `video`
 or `batch` (media.py): each frame or image through the same pipeline, progress in frames or images.
 
-Modules: record (the Job), store (the interface) and sqlite (the embedded store), files, token,
+Modules: record (the Job), store (the interface), sqlite (the embedded store) and postgres + pgschema
+(the store replicas share, GANFORGE_JOBS_DB), files, token,
 runner, submit, intake, media, routes, events, webhooks, metrics, layer (one worker's parts together).
 """
 

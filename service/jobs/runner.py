@@ -30,6 +30,7 @@ from ..admission import BOOK
 from ..config import Settings
 from ..deadline import RequestCancelled
 from ..errors import ApiError
+from ..instance import process_start
 from ..registry import ModelRegistry
 from .files import JobFiles, StorageFull
 from .media import FileResult, run_batch, run_video
@@ -93,15 +94,6 @@ def first_estimate(ctx: JobContext, image_path) -> float | None:
 
 KINDS: dict[str, Callable[[JobContext], handlers.ImageResult | FileResult]] = {
     "image": run_image, "video": run_video, "batch": run_batch}
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), or None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
 
 
 def owner_id() -> str:

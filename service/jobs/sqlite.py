@@ -16,10 +16,20 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-from .record import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL, Job, new_id, rfc3339
-from .store import Delivery, Event, IdempotencyConflict, QueueFull
+from .record import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL, Job
+from .store import (
+    Delivery,
+    Event,
+    IdempotencyConflict,
+    QueueFull,
+    compact,
+    finish_values,
+    interrupted_error,
+    job_from_row,
+    webhook_message,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,19 +55,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
 CREATE TABLE IF NOT EXISTS gone (id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
-JSON_COLUMNS = ("params", "inputs", "error", "result")
-WEBHOOK_OF = {RUNNING: "start", "progress": "progress", **{s: "completed" for s in TERMINAL}}
-
-
-def _job(row: sqlite3.Row) -> Job:
-    data: dict[str, Any] = dict(row)
-    data.pop("seq", None)
-    for column in JSON_COLUMNS:
-        data[column] = json.loads(data[column]) if data[column] is not None else None
-    data["webhook_events"] = tuple(json.loads(data["webhook_events"]))
-    return Job(**data)
-
-
 class SqliteJobStore:
     def __init__(self, path: Path, gone_keep_s: float) -> None:
         self.path = path
@@ -90,20 +87,17 @@ class SqliteJobStore:
 
     def _get(self, db: sqlite3.Connection, job_id: str) -> Job | None:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     def _event(self, db: sqlite3.Connection, job: Job, event: str, webhook: bool = True) -> None:
         """Append `event` with the job as it is now; queue its webhook when the job asked for it."""
-        data = json.dumps(job.public(), separators=(",", ":"))
         seq = db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING seq", (job.id,)).fetchone()[0]
         now = time.time()
-        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job.id, seq, event, data, now))
-        kind = WEBHOOK_OF.get(event)
-        if webhook and job.webhook and kind in job.webhook_events:
-            body = json.dumps({"type": f"job.{kind}", "timestamp": rfc3339(now), "data": job.public()},
-                              separators=(",", ":"))
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job.id, seq, event, compact(job.public()), now))
+        message = webhook_message(job, event, now) if webhook else None
+        if message is not None:
             db.execute("INSERT INTO deliveries (id, job_id, url, body, next_at) VALUES (?, ?, ?, ?, ?)",
-                       ("msg_" + new_id(), job.id, job.webhook, body, now))
+                       (message[0], job.id, job.webhook, message[1], now))
 
     # ---------------------------------------------------------------- submit and read
 
@@ -112,7 +106,7 @@ class SqliteJobStore:
             if job.idempotency_key is not None:
                 row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)).fetchone()
                 if row is not None:
-                    existing = _job(row)
+                    existing = job_from_row(row)
                     if existing.fingerprint != job.fingerprint:
                         raise IdempotencyConflict()
                     return existing, False
@@ -130,7 +124,7 @@ class SqliteJobStore:
 
     def by_key(self, key: str) -> Job | None:
         row = self._conn().execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     def get(self, job_id: str) -> Job | None:
         return self._get(self._conn(), job_id)
@@ -142,7 +136,7 @@ class SqliteJobStore:
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
         rows = self._conn().execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT ?",
                                     (*args, limit)).fetchall()
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def queued(self) -> int:
         return self._conn().execute("SELECT count(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
@@ -160,7 +154,7 @@ class SqliteJobStore:
             rows = db.execute("SELECT * FROM jobs WHERE status = ? OR status = ? ORDER BY created_at LIMIT 64",
                               (QUEUED, RUNNING)).fetchall()
             for row in rows:
-                job = _job(row)
+                job = job_from_row(row)
                 if job.status == RUNNING and not ((job.lease_until or 0) < now or owner_dead(job.owner or "")):
                     continue  # another worker runs it
                 if job.attempts >= max_attempts:
@@ -177,8 +171,7 @@ class SqliteJobStore:
 
     def _fail_interrupted(self, db: sqlite3.Connection, job: Job, now: float) -> None:
         job.status, job.finished_at = FAILED, now
-        job.error = {"error": f"the job was interrupted {job.attempts} times (the server stopped while it ran) "
-                              "and is not tried again", "status": 500}
+        job.error = interrupted_error(job.attempts)
         db.execute("UPDATE jobs SET status = ?, finished_at = ?, error = ?, owner = NULL WHERE id = ?",
                    (FAILED, now, json.dumps(job.error), job.id))
         self._event(db, job, FAILED)
@@ -202,18 +195,13 @@ class SqliteJobStore:
 
     def finish(self, job_id: str, owner: str, status: str, ttl_s: float, error: dict | None = None,
                result: dict | None = None, done: int = 0, total: int | None = None) -> Job | None:
-        now = time.time()
-        if result is not None:  # all of it is done
-            total = total or 1
-            done = total
+        values = finish_values(status, ttl_s, error, result, done, total)
         with self._tx() as db:
             changed = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, expires_at = ?, error = ?, result = ?, owner = NULL, "
                 "eta_s = NULL, done = max(done, ?), total = coalesce(?, total), "
                 "progress = CASE WHEN ? THEN 1.0 ELSE progress END WHERE id = ? AND owner = ? AND status = ?",
-                (status, now, now + ttl_s, json.dumps(error) if error else None,
-                 json.dumps(result) if result else None, done, total, result is not None,
-                 job_id, owner, RUNNING)).rowcount
+                (*values, job_id, owner, RUNNING)).rowcount
             if not changed:
                 return None
             job = self._get(db, job_id)
@@ -251,6 +239,12 @@ class SqliteJobStore:
             db.execute("DELETE FROM gone WHERE at < ?", (now - self.gone_keep_s,))
             db.execute("DELETE FROM deliveries WHERE state != 'pending' AND job_id NOT IN (SELECT id FROM jobs)")
         return ids
+
+    def listen(self, on_change: Callable[[str, str], None]) -> None:
+        """Nothing: one host's workers see each other's changes by reading the file (signals.py)."""
+
+    def close(self) -> None:
+        """Nothing: each thread's connection closes with it."""
 
     # ---------------------------------------------------------------- webhook outbox
 

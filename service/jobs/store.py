@@ -1,7 +1,7 @@
 """Where jobs live: the `JobStore` interface, and errors its callers answer.
 
-Everything the job layer keeps goes through this interface, so that a store shared by replicas
-(PostgreSQL, next) is one more class: `SqliteJobStore` (service/jobs/sqlite.py) is the embedded one.
+Everything the job layer keeps goes through this interface: `SqliteJobStore` (service/jobs/sqlite.py) is
+the embedded one, `PostgresJobStore` (service/jobs/postgres.py) the one replicas share.
 Each change of a job's status is one transaction that also appends its event (GET /jobs/{id}/events)
 and, when the job asked for it, its webhook delivery (an outbox: delivered at least once by any
 worker, service/jobs/webhooks.py).
@@ -9,11 +9,16 @@ worker, service/jobs/webhooks.py).
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from ..errors import ApiError
-from .record import Job
+from .record import RUNNING, TERMINAL, Job, new_id, rfc3339
+
+JSON_COLUMNS = ("params", "inputs", "error", "result")
+WEBHOOK_OF = {RUNNING: "start", "progress": "progress", **{s: "completed" for s in TERMINAL}}
 
 
 class IdempotencyConflict(ApiError):
@@ -41,6 +46,45 @@ class Delivery:
     url: str
     body: str
     attempts: int
+
+
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    """A stored row (JSON columns as text) as a Job."""
+    data: dict[str, Any] = dict(row)
+    data.pop("seq", None)
+    for column in JSON_COLUMNS:
+        data[column] = json.loads(data[column]) if data[column] is not None else None
+    data["webhook_events"] = tuple(json.loads(data["webhook_events"]))
+    return Job(**data)
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def webhook_message(job: Job, event: str, now: float) -> tuple[str, str] | None:
+    """(delivery id, body) of the webhook `event` sends for `job`, or None when it asked for none."""
+    kind = WEBHOOK_OF.get(event)
+    if not job.webhook or kind not in job.webhook_events:
+        return None
+    return "msg_" + new_id(), compact({"type": f"job.{kind}", "timestamp": rfc3339(now), "data": job.public()})
+
+
+def finish_values(status: str, ttl_s: float, error: dict | None, result: dict | None, done: int,
+                  total: int | None) -> tuple:
+    """(status, finished_at, expires_at, error JSON, result JSON, done, total, all done?) of a job that
+    ends now: what both stores' `finish` writes."""
+    now = time.time()
+    if result is not None:  # all of it is done
+        total = total or 1
+        done = total
+    return (status, now, now + ttl_s, json.dumps(error) if error else None, json.dumps(result) if result else None,
+            done, total, result is not None)
+
+
+def interrupted_error(attempts: int) -> dict[str, Any]:
+    return {"error": f"the job was interrupted {attempts} times (the server stopped while it ran) "
+                     "and is not tried again", "status": 500}
 
 
 class JobStore(Protocol):
@@ -91,3 +135,9 @@ class JobStore(Protocol):
 
     def retry_delivery(self, delivery_id: str, next_at: float | None) -> None:
         """Another attempt at `next_at`; None: give up."""
+
+    def listen(self, on_change: Callable[[str, str], None]) -> None:
+        """Call `on_change(job_id, event)` from a thread of the store's whenever any replica changed a
+        job (PostgreSQL: LISTEN/NOTIFY); a store of one host only may never call it."""
+
+    def close(self) -> None: ...

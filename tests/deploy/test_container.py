@@ -12,16 +12,12 @@ container, it is skipped with the reason.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -29,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_fixtures import REPO, free_port, service_client, write_fixture_models
+from service_fixtures import REPO, free_port, service_client
 
 pytestmark = pytest.mark.slow
 
@@ -46,28 +42,8 @@ if os.environ.get("GANFORGE_CONTAINER_TEST") != "1":
                 allow_module_level=True)
 
 
-def _load_container_module():
-    spec = importlib.util.spec_from_file_location("ganforge_deploy_container", REPO / "deploy" / "container.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-container = _load_container_module()
-
-
 def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def _served_models(tmp: Path) -> Path:
-    """A copy of models/' model folders (exports may land while the test runs), else the fixture models."""
-    published = sorted(card.parent for card in (REPO / "models").glob("[!.]*/card.json"))
-    for folder in published:
-        shutil.copytree(folder, tmp / "models" / folder.name)
-    if not published:
-        write_fixture_models(tmp / "models")
-    return tmp / "models"
 
 
 def _cards(models: Path) -> dict[str, dict]:
@@ -98,46 +74,6 @@ def _pixels(content: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(content))
     img.load()
     return img
-
-
-def _ca_bundle() -> list[str]:
-    """GANFORGE_CA_BUNDLE (a TLS-intercepting proxy's CA file) goes to the build as --ca-bundle."""
-    bundle = os.environ.get("GANFORGE_CA_BUNDLE")
-    return ["--ca-bundle", bundle] if bundle else []
-
-
-@pytest.fixture(scope="module")
-def engine() -> str:
-    try:
-        return container.preflight(os.environ.get("GANFORGE_CONTAINER_ENGINE") or None, None)
-    except container.ContainerError as exc:
-        pytest.skip(f"containers cannot run here: {exc}")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    return _served_models(tmp_path_factory.mktemp("container-models"))
-
-
-@pytest.fixture(scope="module")
-def image(engine, models, tmp_path_factory):
-    """What `make container` runs, on `models`, under a throwaway name; removed afterwards."""
-    name = f"localhost/ganforge-test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home")), "BENTOML_DO_NOT_TRACK": "True"}
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "deploy" / "container.py"), "build", "--models", str(models),
-                           "--image", name, "--engine", engine, *_ca_bundle()],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    try:
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"\nimage {report['image']}: {report['size_mb']} MB, built in {time.monotonic() - started:.0f} s")
-        yield report["image"]
-    finally:
-        # generous: on a loaded machine removing a 0.5 GB image took minutes
-        listed = _run([engine, "images", "--format", "{{.Repository}}:{{.Tag}}"], timeout=600).stdout.split()
-        for tag in [t for t in listed if t.startswith(f"{name}:")]:
-            _run([engine, "rmi", "-f", tag], timeout=600)
 
 
 @pytest.fixture(scope="module")

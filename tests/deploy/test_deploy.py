@@ -28,7 +28,7 @@ IMAGE_UID = 1034    # BentoML's image user `bentoml`
 def _docs() -> dict[str, dict]:
     docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
     kinds = [d["kind"] for d in docs]
-    assert sorted(kinds) == ["Deployment", "Service"], kinds
+    assert sorted(kinds) == ["Deployment", "PersistentVolumeClaim", "Service"], kinds
     return {d["kind"]: d for d in docs}
 
 
@@ -111,6 +111,30 @@ def test_staged_build_context_installs_pyprojects_pins(tmp_path):
     bentofile = module.stage_context(tmp_path / "ctx", "gpu", tmp_path / "models", base=None)
     python = yaml.safe_load(bentofile.read_text())["python"]
     assert (bentofile.parent / python["requirements_txt"]).read_text() == module.requirements_text("gpu")
+
+
+def test_replicas_share_the_job_store_and_one_volume():
+    """>= 2 replicas on PostgreSQL (a secret's URL) and one ReadWriteMany volume for models and jobs,
+    which the container seeds from the image's models before it runs the image's entrypoint
+    (deploy/postgres.yaml: the database)."""
+    docs = _docs()
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    assert docs["Deployment"]["spec"]["replicas"] >= 2
+    claim = docs["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    env = {e["name"]: e for e in _container()["env"]}
+    assert "secretKeyRef" in env["GANFORGE_JOBS_DB"]["valueFrom"]  # the URL holds a password
+    mount = {m["name"]: m["mountPath"] for m in _container()["volumeMounts"]}[volume["name"]]
+    for name in ("GANFORGE_MODELS_DIR", "GANFORGE_JOBS_DIR"):
+        assert env[name]["value"].startswith(mount + "/"), (name, env[name])
+    script = _container()["command"][-1]
+    assert "/home/bentoml/bento/src/models" in script
+    assert script.rstrip().endswith("exec /home/bentoml/bento/env/docker/entrypoint.sh")  # then the image's own
+    assert pod["securityContext"]["fsGroup"] == IMAGE_UID
+    postgres = [d for d in yaml.safe_load_all((REPO / "deploy" / "postgres.yaml").read_text()) if d]
+    assert sorted(d["kind"] for d in postgres) == ["Service", "StatefulSet"]
 
 
 def test_service_routes_to_the_container_port():

@@ -20,7 +20,7 @@ from service.deadline import DEADLINE, DISCONNECTED, RequestCancelled
 from service.errors import ApiError
 from service.middleware import GanforgeMiddleware
 from service.service import _image_response
-from service_fixtures import REPO, running_server, service_client, write_fixture_models
+from service_fixtures import REPO, live_metrics_dirs, running_server, service_client, write_fixture_models
 
 WORKERS = 2
 
@@ -198,7 +198,8 @@ def two_workers(tmp_path_factory):
         while log.read_text(errors="replace").count("Service ganforge initialized") < WORKERS:
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
             time.sleep(0.2)
-        yield base, tmp / "bentoml_home" / "prometheus_multiproc_dir"
+        (multiproc_dir,) = live_metrics_dirs(tmp / "bentoml_home")  # this instance's own (service/instance.py)
+        yield base, multiproc_dir
 
 
 @pytest.mark.slow
