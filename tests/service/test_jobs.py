@@ -293,7 +293,7 @@ def test_idempotency_key(main):
 
 
 def test_events_stream_and_reconnect(main):
-    job = submit_slow(main, seed=12)
+    job = submit_slow(main, side=2 * SLOW_SIDE, seed=12)  # long enough that events follow the first four
     head = sse(main, job["id"], stop_after=4)  # queued, running, progress, progress: then the client goes
     assert [e["event"] for e in head[:2]] == ["queued", "running"] and head[2]["event"] == "progress"
     rest = sse(main, job["id"], last_id=head[-1]["id"])

@@ -115,7 +115,8 @@ def test_fifty_jobs_through_the_balancer_each_run_exactly_once(cluster):
 def test_a_sigkilled_replicas_job_is_taken_over_and_finished(cluster):
     base, url, a, b = cluster
     with httpx.Client(base_url=base, timeout=60) as http:
-        r = submit(http, "/upscale", files={"image": ("a.png", png(240, 5), "image/png")}, data={"model": "slow-x4"})
+        # 480 px: ~100 tiles, so the victim is still running it when the kill lands, however fast the CPU
+        r = submit(http, "/upscale", files={"image": ("a.png", png(480, 5), "image/png")}, data={"model": "slow-x4"})
         job_id = r.json()["id"]
         deadline = time.monotonic() + 60
         while not (job := http.get(f"/jobs/{job_id}").json())["status"] == "running" or job["done"] < 2:
