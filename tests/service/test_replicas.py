@@ -143,8 +143,8 @@ def test_a_cancel_sent_to_the_other_replica_stops_the_job_where_it_runs(cluster)
     _, url, a, b = cluster
     with httpx.Client(timeout=60) as http:
         base_a = f"http://127.0.0.1:{a.port}"
-        r = submit(http, f"{base_a}/upscale", files={"image": ("a.png", png(240, 9), "image/png")},
-                   data={"model": "slow-x4"})
+        r = submit(http, f"{base_a}/upscale", files={"image": ("a.png", png(480, 9), "image/png")},
+                   data={"model": "slow-x4"})  # ~100 tiles: still running when the cancel arrives
         job_id = r.json()["id"]
         deadline = time.monotonic() + 60
         while (job := http.get(f"{base_a}/jobs/{job_id}").json())["status"] != "running" or job["done"] < 1:
