@@ -179,10 +179,12 @@ def heavy_upscaler(width: int = 64, depth: int = 10, seed: int = 5) -> onnx.Mode
     return model
 
 
-def write_slow_model(models) -> None:
+def write_slow_model(models, width: int = 64, depth: int = 10) -> None:
+    """models/slow-x4: `heavy_upscaler(width, depth)` with small tiles (the job tests take a heavier one, so
+    that a job is still running seconds after it starts on a quiet CPU too)."""
     folder = models / "slow-x4"
     folder.mkdir(parents=True)
-    files = {"generator": write_onnx(folder, "generator.onnx", heavy_upscaler())}
+    files = {"generator": write_onnx(folder, "generator.onnx", heavy_upscaler(width, depth))}
     rgb = {"range": [-1.0, 1.0], "channels": 3}
     write_card(folder, fixture_card(
         "slow-x4", "upscale", "srgan", "a heavy x4 upscaler with small tiles (tests/service/test_deadlines.py)", files,

@@ -49,7 +49,7 @@ def png(side: int, seed: int = 0, height: int | None = None) -> bytes:
 def models(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("jobs_models") / "models"
     write_fixture_models(folder)
-    write_slow_model(folder)
+    write_slow_model(folder, width=96, depth=20)  # ~4.5x the deadline tests' slow-x4: seconds per job, even quiet
     return folder
 
 
@@ -293,7 +293,7 @@ def test_idempotency_key(main):
 
 
 def test_events_stream_and_reconnect(main):
-    job = submit_slow(main, side=2 * SLOW_SIDE, seed=12)  # long enough that events follow the first four
+    job = submit_slow(main, seed=12)
     head = sse(main, job["id"], stop_after=4)  # queued, running, progress, progress: then the client goes
     assert [e["event"] for e in head[:2]] == ["queued", "running"] and head[2]["event"] == "progress"
     rest = sse(main, job["id"], last_id=head[-1]["id"])
@@ -470,7 +470,7 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
             time.sleep(0.1)
         assert http.get("/jobs/never-was").status_code == 404
         # SIGTERM (running_server's stop) in the middle of a job: it goes back to the queue
-        stopped = submit_slow(http, side=2 * SLOW_SIDE, seed=41)  # 4x the tiles: still running at SIGTERM
+        stopped = submit_slow(http, seed=41)
         wait(http, stopped["id"], lambda j: j["status"] == "running" and j["done"] >= 2)
         http.close()
     with running_server(models, tmp, **env) as (base, _):
