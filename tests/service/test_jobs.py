@@ -49,7 +49,7 @@ def png(side: int, seed: int = 0, height: int | None = None) -> bytes:
 def models(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("jobs_models") / "models"
     write_fixture_models(folder)
-    write_slow_model(folder, width=96, depth=20)  # ~4.5x the deadline tests' slow-x4: seconds per job, even quiet
+    write_slow_model(folder, width=128, depth=24)  # ~10x the deadline tests' slow-x4: seconds per job, even quiet
     return folder
 
 

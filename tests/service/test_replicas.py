@@ -43,7 +43,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replicas")
     models = tmp / "models"
     write_fixture_models(models)
-    write_slow_model(models, width=96, depth=20)  # seconds per job, even on a quiet CPU
+    write_slow_model(models, width=128, depth=24)  # seconds per job, even on a quiet CPU
     with postgres.throwaway_postgres() as url:
         env = {"GANFORGE_JOBS_DB": url, "GANFORGE_JOBS_DIR": str(tmp / "shared_jobs"), "GANFORGE_WORKERS": "1",
                "GANFORGE_DEVICE": "cpu"}
