@@ -24,10 +24,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from service.config import Settings
+
 from .common import Profile, fmt_ms, fmt_x, interleaved, photo_like, png_bytes, ratio, stats, table
 from .models import BenchModel, BenchModels
 
 COMMON_ENV = {"GANFORGE_DEVICE": "cpu"}
+DEFAULT_BUDGET = str(Settings().autotune_budget_s)  # the shipped budget, whatever the caller's environment says
 FORCED = {
     "ort fp32": {"GANFORGE_BACKEND": "onnxruntime"},
     "ov fp32": {"GANFORGE_BACKEND": "openvino", "GANFORGE_PRECISION": "fp32"},
@@ -166,7 +169,8 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
         bases = {}
         # the forced servers first: the default one measures its choices at startup (in a fresh table folder,
         # so every run measures), and the others' startup compiling beside it would skew that measurement
-        for name, env in {**FORCED, "default": {"GANFORGE_AUTOTUNE_DIR": str(tmp_path / "autotune")}}.items():
+        default = {"GANFORGE_AUTOTUNE_DIR": str(tmp_path / "autotune"), "GANFORGE_AUTOTUNE_BUDGET_S": DEFAULT_BUDGET}
+        for name, env in {**FORCED, "default": default}.items():
             log(f"  starting {name} ...")
             base, _ = stack.enter_context(running_server(models.models_dir, tmp_path, **COMMON_ENV, **env))
             bases[name] = base

@@ -52,13 +52,21 @@ class Replica:
     def stop(self) -> None:
         """SIGTERM, as Kubernetes stops a pod: a running job goes back to the queue."""
         self.stack.close()
+        self.stack = None
 
-    def kill(self) -> None:
+    def worker_pid(self) -> int:
         import httpx
 
-        pid = httpx.get(f"http://127.0.0.1:{self.port}/models", timeout=10).json()["admission"]["worker_pid"]
-        kill_server_tree(pid)
+        return httpx.get(f"http://127.0.0.1:{self.port}/models", timeout=10).json()["admission"]["worker_pid"]
+
+    def owns(self, owner: str) -> bool:
+        """Whether a job store's `owner` (host:pid:start, service/jobs/runner.py) is this replica's worker."""
+        return owner.split(":")[1:2] == [str(self.worker_pid())]
+
+    def kill(self) -> None:
+        kill_server_tree(self.worker_pid())
         self.stack.close()
+        self.stack = None
 
     def ran(self) -> list[str]:
         """Ids of the jobs this replica started (its logs)."""

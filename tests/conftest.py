@@ -9,6 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# the servers the tests start keep the static backend rule (no startup measurement: seconds per model);
+# the autotune tests set their own budget, and bench/fastpath.py's "default" server the shipped one
+os.environ.setdefault("GANFORGE_AUTOTUNE_BUDGET_S", "0")
 
 
 @pytest.fixture(scope="session")
