@@ -253,8 +253,9 @@ def cache_key(card: Card, classes: list[SizeClass], found: list[Candidate], thre
     return json.loads(json.dumps(key))  # as it reads back from the file (tuples become lists)
 
 
-def read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cached table when `path` holds one for exactly `key`; None (and why, logged) otherwise."""
+def read_keyed(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached entry (a JSON object with `rows`, a list) when `path` holds one for exactly `key`; None
+    (and why, logged) otherwise."""
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
@@ -266,6 +267,14 @@ def read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         stale = saved.get("key") if isinstance(saved, dict) else None
         changed = sorted(k for k in key if not isinstance(stale, dict) or stale.get(k) != key[k])
         logger.info("autotune cache %s is for another setup (%s): measuring again", path, ", ".join(changed))
+        return None
+    return saved
+
+
+def read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached table when `path` holds one for exactly `key`; None (and why, logged) otherwise."""
+    saved = read_keyed(path, key)
+    if saved is None:
         return None
     try:
         for row in saved["rows"]:

@@ -215,11 +215,11 @@ def to_float(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
 def to_pixels(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     """float [C, H, W] -> uint8 [H, W, C]: round((y - lo) / (hi - lo) * 255), clipped."""
     lo, hi = value_range
-    y = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=lo, posinf=hi, neginf=lo)  # one float copy,
-    y -= np.float32(lo)  # then in place: a big image holds no further float temporaries
-    y *= np.float32(255.0 / (hi - lo))
+    y = np.subtract(values, np.float32(lo), dtype=np.float32)  # one float copy, then in place: a big
+    y *= np.float32(255.0 / (hi - lo))  # image holds no further float temporaries
     np.rint(y, out=y)
-    np.clip(y, 0, 255, out=y)
+    np.fmax(y, 0, out=y)  # fmax/fmin, not clip: NaN -> 0 (as lo), -inf -> 0, +inf -> 255 (as hi)
+    np.fmin(y, 255, out=y)
     return y.astype(np.uint8).transpose(1, 2, 0)
 
 

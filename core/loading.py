@@ -32,8 +32,10 @@ from contract.folder import read_card, sha256_bytes
 
 from .backends import (ONNXRUNTIME, OPENVINO, OrtSession, choose_backend, choose_float_precision,
                        make_openvino_session, native_bf16, openvino_installed)
+from .imaging import padded_size
 from .runtime import CPU, CUDA, make_session, session_options
 from .settings import RuntimeConfig
+from .tileplan import plan_tile
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -64,8 +66,18 @@ class ImageSpec:
     out_channels: int
     out_range: tuple[float, float]
     scale: int
-    tile: int
+    tile: int  # the square tile of a big image (measured where a curve is; else the card's / GANFORGE_TILE)
     overlap: int
+    # (edge, seconds per padded input pixel) measured at load (core/tiletune.py): each image then runs in
+    # the tile `tile_for` plans for its size; empty: always the square `tile`
+    tile_curve: tuple[tuple[int, float], ...] = ()
+
+    def tile_for(self, height: int, width: int) -> int | tuple[int, int]:
+        """The tile a height x width model input runs in (core/tileplan.py)."""
+        if not self.tile_curve:
+            return self.tile
+        return plan_tile(height, width, self.tile_curve, self.overlap, self.multiple_of,
+                         lambda n: padded_size(n, self.multiple_of, self.min_size))
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class ServedModel:
     precision_reason: str | None = None  # why this backend runs this precision (always set once planned)
     observe_run: Callable[[int], None] | None = field(default=None, repr=False)  # rows of each graph run (metrics)
     autotune: dict[str, Any] | None = None  # core/tuned.py: the measured table and choice, or why none
+    tiles: dict[str, Any] | None = None  # core/tiletune.py: the measured tile curve and choice, or why none
 
     @property
     def endpoint(self) -> str | None:
@@ -152,6 +165,8 @@ class ServedModel:
             out["precision_note"] = self.precision_note
         if self.autotune is not None:
             out["autotune"] = self.autotune
+        if self.tiles is not None:
+            out["tiles"] = self.tiles
         card = self.card.to_dict() if self.card is not None else {}
         if "variants" in card:
             out["variants"] = {name: {k: v[k] for k in PUBLIC_VARIANT_KEYS if k in v}

@@ -94,7 +94,8 @@ def run_image_model(model: ServedModel, role: str, pixels: np.ndarray, hooks: Ho
     if hooks.admit is not None:
         hooks.admit(pixels.shape[0], pixels.shape[1])
     x = imaging.to_float(pixels, spec.in_range)
-    return tile_and_blend(image_runner(model, role, hooks), x, spec.tile, spec.overlap, spec.scale,
+    tile = spec.tile_for(pixels.shape[0], pixels.shape[1])
+    return tile_and_blend(image_runner(model, role, hooks), x, tile, spec.overlap, spec.scale,
                           finish=lambda y: imaging.to_pixels(y, spec.out_range), check=hooks.check,
                           progress=hooks.progress)
 

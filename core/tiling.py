@@ -36,13 +36,20 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: int) -> tuple[list[int], list[int], int, int]:
+def tile_sides(tile: int | tuple[int, int]) -> tuple[int, int]:
+    """(tile height, tile width) of a square tile's edge or of a (height, width) pair."""
+    return (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+
+
+def tile_grid(height: int, width: int, tile: int | tuple[int, int], overlap: int) -> tuple[list[int], list[int], int, int]:
     """(row starts, column starts, tile height, tile width) of the tiles `tile_and_blend` runs;
-    one tile (the whole image) when it fits in one."""
-    if height <= tile and width <= tile:
+    one tile (the whole image) when it fits in one. `tile`: an edge, or (height, width)."""
+    tile_h, tile_w = tile_sides(tile)
+    if height <= tile_h and width <= tile_w:
         return [0], [0], height, width
-    overlap = max(0, min(overlap, tile // 2))
-    return tile_starts(height, tile, overlap), tile_starts(width, tile, overlap), min(tile, height), min(tile, width)
+    overlap = max(0, min(overlap, min(tile_h, tile_w) // 2))
+    return (tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap), min(tile_h, height),
+            min(tile_w, width))
 
 
 def edge_ramp(length: int, ramp: int, margin: int, left: bool, right: bool) -> np.ndarray:
@@ -61,10 +68,47 @@ def edge_ramp(length: int, ramp: int, margin: int, left: bool, right: bool) -> n
     return w
 
 
+def not_one(w: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, stop) runs of `w` whose values are not exactly 1."""
+    edges = np.diff(np.concatenate(([0], (w != 1.0).astype(np.int8), [0])))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def between(runs: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """The [start, stop) runs of 0..length outside `runs` (sorted, disjoint)."""
+    out, at = [], 0
+    for a, b in runs:
+        if a > at:
+            out.append((at, a))
+        at = b
+    if at < length:
+        out.append((at, length))
+    return out
+
+
+def weigh(y: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> None:
+    """y [C, h, w] *= the outer product wy x wx, in place, touching only where that product is not 1: the
+    same float32 products as the full multiply (1 * wx is wx exactly), without a pass over the inside."""
+    rows, cols = not_one(wy), not_one(wx)
+    for a, b in rows:
+        y[:, a:b] *= wy[a:b, None] * wx[None, :]
+    for a, b in between(rows, len(wy)):
+        for c, d in cols:
+            y[:, a:b, c:d] *= wx[None, c:d]
+
+
+def normalise(block: np.ndarray, row_sum: np.ndarray, col_runs: list[tuple[int, int]], col_sum: np.ndarray) -> None:
+    """block [C, h, W] /= its rows' and columns' weight sums, in place, only where a sum is not 1 (x / 1 is x)."""
+    for a, b in not_one(row_sum):
+        block[:, a:b] /= row_sum[a:b, None]
+    for c, d in col_runs:
+        block[:, :, c:d] /= col_sum[None, c:d]
+
+
 def tile_and_blend(
     run: Callable[[np.ndarray], np.ndarray],
     image: np.ndarray,
-    tile: int,
+    tile: int | tuple[int, int],
     overlap: int,
     scale: int,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -73,6 +117,7 @@ def tile_and_blend(
 ) -> np.ndarray:
     """image [C, H, W] -> [C', H*scale, W*scale], computed tile by tile.
 
+    `tile`: an edge, or (height, width) (core/tileplan.py picks one per image).
     `run` maps [1, C, h, w] -> [1, C', h*scale, w*scale] for any h, w <= tile
     (it pads to the graph's constraints itself). Inputs no larger than one
     tile go through `run` once, untiled.
@@ -89,14 +134,15 @@ def tile_and_blend(
     request stops within one tile of being cancelled; `progress(done, total)` after each tile.
     """
     _, height, width = image.shape
-    if height <= tile and width <= tile:
+    tile_h, tile_w = tile_sides(tile)
+    if height <= tile_h and width <= tile_w:
         if check is not None:
             check(0, 1)
         y = run(image[None])[0]
         if progress is not None:
             progress(1, 1)
         return y if finish is None else finish(y)
-    overlap = max(0, min(overlap, tile // 2))
+    overlap = max(0, min(overlap, min(tile_h, tile_w) // 2))
     ys, xs, th, tw = tile_grid(height, width, tile, overlap)
     total, ran = len(ys) * len(xs), 0
     ramp, margin = overlap * scale, (overlap // 4) * scale
@@ -108,6 +154,7 @@ def tile_and_blend(
         row_sum[y0 * scale:(y0 + th) * scale] += wy
     for x0, wx in zip(xs, col_weights):
         col_sum[x0 * scale:(x0 + tw) * scale] += wx
+    col_runs = not_one(col_sum)
 
     out: np.ndarray | None = None
     strip: np.ndarray | None = None  # float rows [base, base + th*scale) of the output
@@ -127,13 +174,12 @@ def tile_and_blend(
                 if strip is not None:  # rows the previous tile row left unfinished
                     keep = base + strip.shape[1] - top
                     fresh[:, :keep] = strip[:, top - base:]
-            y *= wy[:, None] * wx[None, :]
+            weigh(y, wy, wx)
             fresh[:, :, x0 * scale:(x0 + tw) * scale] += y
         strip, base = fresh, top
         end = ys[i + 1] * scale if i + 1 < len(ys) else (y0 + th) * scale  # rows done after this tile row
         block = strip[:, : end - base]
-        block /= row_sum[base:end, None]
-        block /= col_sum[None, :]
+        normalise(block, row_sum[base:end], col_runs, col_sum)
         done = block if finish is None else finish(block)
         if out is None:
             shape = (block.shape[0], height * scale, width * scale) if finish is None \

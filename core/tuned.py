@@ -1,6 +1,7 @@
 """Loading with the autotune step: `load_tuned` = `loading.load_model`, then, where GANFORGE_BACKEND and
 GANFORGE_PRECISION are both `auto` on the CPU, each model's sessions replaced by its measured fastest
-candidates (core/autotune.py; the table cached on disk, so a restart measures nothing).
+candidates (core/autotune.py; the table cached on disk, so a restart measures nothing), then each image
+model's tile curve measured on what serves it (core/tiletune.py, cached the same way).
 
 A setting given by hand (GANFORGE_BACKEND=onnxruntime|openvino, GANFORGE_PRECISION=fp32|bf16|int8 or a
 per-model entry) forces that choice and nothing is measured; GANFORGE_AUTOTUNE_BUDGET_S=0 keeps the static
@@ -24,6 +25,7 @@ from .backends import OPENVINO, native_bf16
 from .cpu import logical_cores
 from .loading import Plan, ServedModel, load_model, open_session
 from .settings import RuntimeConfig
+from .tiletune import tune_tiles
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -58,13 +60,15 @@ def load_tuned(folder: Path, settings: RuntimeConfig, providers: list,
     skipped = autotune_skipped(settings, folder.name, model.backend)
     if skipped is not None:
         model.autotune = {"skipped": skipped}
-        return model
-    try:
-        apply_table(model, folder, settings, providers, on_wait)
-    except Exception as exc:  # noqa: BLE001 - the static choice still serves
-        logger.warning("model %s: autotune failed (%s: %s); serving %s %s", model.name, type(exc).__name__, exc,
-                       model.backend, model.precision)
-        model.autotune = {"failed": f"{type(exc).__name__}: {exc}"}
+    else:
+        try:
+            apply_table(model, folder, settings, providers, on_wait)
+        except Exception as exc:  # noqa: BLE001 - the static choice still serves
+            logger.warning("model %s: autotune failed (%s: %s); serving %s %s", model.name, type(exc).__name__,
+                           exc, model.backend, model.precision)
+            model.autotune = {"failed": f"{type(exc).__name__}: {exc}"}
+    path = cache_path(settings, folder)
+    tune_tiles(model, path.with_name(f"{folder.name}.tiles.json"), settings)  # on what now serves
     return model
 
 

@@ -83,7 +83,7 @@ def speed_key(model: ServedModel) -> tuple:
 
 def processed_pixels(spec: ImageSpec, height: int, width: int) -> int:
     """Output pixels the graph computes for a height x width model input: every tile, padded."""
-    ys, xs, th, tw = tile_grid(height, width, spec.tile, spec.overlap)
+    ys, xs, th, tw = tile_grid(height, width, spec.tile_for(height, width), spec.overlap)
     ph, pw = padded_size(th, spec.multiple_of, spec.min_size), padded_size(tw, spec.multiple_of, spec.min_size)
     return len(ys) * len(xs) * ph * pw * spec.scale ** 2
 

@@ -140,8 +140,11 @@ class Settings:
                          help="largest `n` (and interpolation `steps`) for `/generate`")
     tile: int = env_var(
         "GANFORGE_TILE", 0, minimum=0,
-        help="""tile edge in input pixels for large images on `/upscale` and `/translate`; 0: the card's
-        `tiling.tile` (256 if the card has none)""")
+        help="""tile edge in input pixels for large images on `/upscale` and `/translate`, every image in
+        that square tile. 0: measured at load (within `GANFORGE_AUTOTUNE_BUDGET_S`, cached): each model's
+        cost per pixel at tiles around its card's `tiling.tile`, and each image then runs in the tiles that
+        curve predicts cheapest for its size (`core/tileplan.py`; `/models` shows the curve as `tiles`);
+        with the budget 0, the card's tile (256 if the card has none)""")
     tile_overlap: int = env_var(
         "GANFORGE_TILE_OVERLAP", -1, minimum=-1,
         help="tile overlap in input pixels; -1: the card's `tiling.overlap` (16 if the card has none)")
@@ -212,7 +215,8 @@ class Settings:
         input-size class, measured at load on the model's own input shapes within this many seconds per model
         and cached (`GANFORGE_AUTOTUNE_DIR`), so a restart measures nothing (`core/autotune.py`; `/models`
         shows the table, the choice and why). 0: no measurement, the static rule (OpenVINO, bf16 where the
-        gate passed). Either variable set by hand forces its choice and nothing is measured""")
+        gate passed). Either variable set by hand forces its choice and nothing is measured. The same budget
+        again bounds each image model's tile measurement (see `GANFORGE_TILE`)""")
     autotune_dir: Path | None = env_var(
         "GANFORGE_AUTOTUNE_DIR", None, kind="path", shown="`<GANFORGE_MODELS_DIR>/.autotune`",
         help="""where the autotune tables are cached, one JSON file per model, keyed by the model's version,

@@ -82,7 +82,10 @@ def served(engine, image, tmp_path_factory):
     port = free_port()
     proc = _run([engine, "run", "-d", "-p", f"127.0.0.1:{port}:3000",
                  "-e", f"GANFORGE_AUTH_TOKEN={TOKEN}", "-e", f"GANFORGE_WORKERS={WORKERS}",
-                 "-e", "GANFORGE_MAX_UPLOAD_BYTES=1048576", image])
+                 "-e", "GANFORGE_MAX_UPLOAD_BYTES=1048576",
+                 # the in-process service it is compared with keeps the static rule (tests/conftest.py):
+                 # the same backend, precision and tiles on both sides, whatever a measurement would pick
+                 "-e", f"GANFORGE_AUTOTUNE_BUDGET_S={os.environ['GANFORGE_AUTOTUNE_BUDGET_S']}", image])
     assert proc.returncode == 0, proc.stderr
     cid = proc.stdout.strip()
     base = f"http://127.0.0.1:{port}"
