@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,coldstart,jobs,fastpath,training] [--name NAME]
+"""python -m bench [--quick] [--tiny] [--only compute,tuning,precision,backends,serving,telemetry,bigimage,bigtile,coldstart,jobs,fastpath,training] [--name NAME]
 
 Runs the sections, prints a plain-text table per section, and writes
 bench/results/<name>.json (machine, versions, every figure and its samples)
@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, bigimage, coldstart, compute, fastpath, jobs, precision, serving, telemetry, training, tuning
+from . import (backends, bigimage, bigtile, coldstart, compute, fastpath, jobs, precision, serving, telemetry, training,
+               tuning)
 from .common import PROFILES, busy_warning, machine
 from .models import REPO, prepare
 
@@ -29,6 +30,8 @@ SECTIONS = {
     "serving": (serving.run, serving.report, "serving overhead: session vs pipeline vs HTTP; throughput vs clients"),
     "telemetry": (telemetry.run, telemetry.report, "ganforge's metrics and spans: on vs off, and the recording alone"),
     "bigimage": (bigimage.run, bigimage.report, "big images: tiled pipeline by tile size"),
+    "bigtile": (bigtile.run, bigtile.report, "issue 28: a big /upscale and /translate over HTTP vs the bare "
+                                             "graph's best tile time x area; peak memory of a x4 upscale"),
     "coldstart": (coldstart.run, coldstart.report, "cold start"),
     "jobs": (jobs.run, jobs.report, "jobs: the job path vs sync, cancel -> idle, restart -> running"),
     "training": (training.run, training.report, "training steps/s, train.precision fp32 vs auto (+ quality: full)"),

@@ -66,6 +66,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from service.config import Settings
 
     settings = dataclasses.replace(Settings.from_env(), device="cpu", tile=int(spec["tile"]), batch_max=1)
+    if spec.get("backend"):  # a served model's choice (GET /models: backend, precision), forced
+        settings = dataclasses.replace(settings, backend=spec["backend"], precision=spec["precision"],
+                                       model_precision=())
     model = load_model(Path(spec["folder"]), settings, [CPU])
     if not model.ready:
         raise RuntimeError(f"model {spec['folder']} did not load: {model.reason}")
@@ -87,10 +90,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"wall_s": wall, "peak_rss_mib": peak / MIB, "base_rss_mib": base / MIB,
             "growth_mib": (peak - base) / MIB, "peak_is_call_only": exact,
             "tile": image_spec.tile, "overlap": image_spec.overlap, "tiles": n * n,
-            "output_shape": list(out.shape)}
+            "output_shape": list(out.shape), "backend": model.backend, "precision": model.precision}
 
 
-def _spawn(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def spawn_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """`worker(spec)` in a fresh `python -m bench.bigimage --worker` process; {"error": ...} when it failed.
+    spec: folder, op (upscale | translate), size, tile (0: the card's), optional backend and precision."""
     proc = subprocess.run([sys.executable, "-m", "bench.bigimage", "--worker", json.dumps(spec)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout_s, env={**os.environ})
     if proc.returncode != 0:
@@ -136,7 +141,7 @@ def run(models: BenchModels, profile: Profile, log=print) -> dict[str, Any]:
                         continue
                 spec = {"folder": str(folder), "op": plan["op"], "size": size, "tile": tile}
                 log(f"  {plan['op']} {size}x{size} ({plan['model']}), {kind} tile {tile} ...")
-                res = _spawn(spec, timeout_s=1800)
+                res = spawn_worker(spec, timeout_s=1800)
                 measured[tile].append(res)
                 if "error" in res:
                     log(f"    failed: {res['error'][-300:]}")

@@ -174,3 +174,21 @@ def test_fastpath_rows(smoke):
     if section["upscale"] is not None:  # needs native bf16
         assert section["upscale"]["http_over_session"] > 0 and section["upscale"]["served_psnr_vs_ort_fp32_db"] > 30
     assert "ganforge/peer" in smoke[1] and "default/fastest forced" in smoke[1]
+
+
+def test_bigtile_rows(smoke):
+    """issue 28's section: each big request over HTTP against the bare graph's best tile time x its area."""
+    section = smoke[0]["sections"]["bigtile"]
+    assert {c["op"] for c in section["cases"]} == {"upscale", "translate"}
+    for c in section["cases"]:
+        assert c["backend"] in ("onnxruntime", "openvino") and c["precision"] in ("fp32", "bf16", "int8")
+        best = min(c["curve"], key=lambda r: r["s_per_px"])
+        assert c["best_edge"] == best["edge"] and len(c["curve"]) >= 2
+        assert c["curve_reference_s"] == pytest.approx(best["s_per_px"] * c["input_pixels"])
+        assert c["reference_s"] == pytest.approx(c["bare_s_per_px"] * c["input_pixels"])
+        assert c["http_over_reference"] == pytest.approx(c["http_s"] / c["reference_s"])
+        assert len(c["samples_s"]["http"]) == len(c["samples_s"]["bare"]) >= 2
+        assert c["stages_s"]["tiles"] >= 1 and "compute" in c["stages_s"]
+    memory = section["memory"]
+    assert memory["peak_rss_mib"] > 0 and memory["tiles"] >= 1 and memory["backend"] in ("onnxruntime", "openvino")
+    assert "http/reference" in smoke[1] and "s/output MPx" in smoke[1]
