@@ -178,7 +178,7 @@ def measure_case(case: Case, client, served: dict[str, Any], profile: Profile, l
     best = min(rows, key=lambda r: r["s_per_px"])
     feeds = square_feeds(case.model, best["edge"], seed=1)
     post = poster(client, f"/{case.op}", case.kwargs)
-    warm = min(case.height, case.width, 2 * int((served.get("tiling") or {}).get("tile") or 128))
+    warm = min(case.height, case.width, 2 * int(served_tile(served).get("tile") or 128))
     small = png_bytes(photo_like(warm, warm, seed=3)[..., :int(case.model.card["input"]["channels"])])
     poster(client, f"/{case.op}", {**case.kwargs, "files": {"image": ("w.png", small, "image/png")}})()
     log(f"  {case.label}: http vs bare at edge {best['edge']}, {HTTP_ROUNDS[profile.name]} rounds ...")
@@ -196,11 +196,17 @@ def measure_case(case: Case, client, served: dict[str, Any], profile: Profile, l
     reference_s = bare_s_per_px * case.area
     return {"request": case.label, "model": case.model.name, "op": case.op, "input": [case.width, case.height],
             "input_pixels": case.area, "scale": case.scale, "backend": backend, "precision": precision,
-            "tiling": served.get("tiling"), "runtime": served.get("runtime"), "curve": rows,
+            "tiling": served_tile(served), "tiles": served.get("tiles"), "runtime": served.get("runtime"),
+            "curve": rows,
             "best_edge": best["edge"], "curve_reference_s": best["s_per_px"] * case.area,
             "bare_s_per_px": bare_s_per_px, "reference_s": reference_s, "http_s": http_s,
             "http_over_reference": ratio(http_s, reference_s), "goal": GOAL, "stages_s": stages,
             "samples_s": samples}
+
+
+def served_tile(served: dict[str, Any]) -> dict[str, Any]:
+    """The big-image tile /models shows: the measured one (`tiles`, issue 28) where there is one, else the card's."""
+    return served.get("tiles") or served.get("tiling") or {}
 
 
 def memory_row(models: BenchModels, served: dict[str, dict[str, Any]], profile: Profile, log=print) -> dict | None:
@@ -210,7 +216,8 @@ def memory_row(models: BenchModels, served: dict[str, dict[str, Any]], profile: 
         return None
     size = MEMORY_SIZE[profile.name]
     choice = served.get(up.name, {})
-    spec = {"folder": str(models.models_dir / up.name), "op": "upscale", "size": size, "tile": 0,
+    spec = {"folder": str(models.models_dir / up.name), "op": "upscale", "size": size,
+            "tile": int(served_tile(choice).get("tile") or 0),
             "backend": choice.get("backend"), "precision": choice.get("precision")}
     log(f"  memory: upscale {size}x{size} ({up.name}) at the served tile, fresh process ...")
     res = spawn_worker(spec, timeout_s=1800)
