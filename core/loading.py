@@ -32,7 +32,6 @@ from contract.folder import read_card, sha256_bytes
 
 from .backends import (ONNXRUNTIME, OPENVINO, OrtSession, choose_backend, choose_float_precision,
                        make_openvino_session, native_bf16, openvino_installed)
-from .imaging import padded_size
 from .runtime import CPU, CUDA, make_session, session_options
 from .settings import RuntimeConfig
 from .tileplan import plan_tile
@@ -76,8 +75,7 @@ class ImageSpec:
         """The tile a height x width model input runs in (core/tileplan.py)."""
         if not self.tile_curve:
             return self.tile
-        return plan_tile(height, width, self.tile_curve, self.overlap, self.multiple_of,
-                         lambda n: padded_size(n, self.multiple_of, self.min_size))
+        return plan_tile(height, width, self.tile_curve, self.overlap, self.multiple_of, self.min_size)
 
 
 @dataclass(frozen=True)

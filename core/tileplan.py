@@ -17,9 +17,11 @@ by the tile.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
+from .imaging import padded_size
 from .tiling import tile_starts
 
 Curve = Sequence[tuple[int, float]]
@@ -52,25 +54,27 @@ def axis_tiles(size: int, overlap: int, lowest: int, highest: int, quantum: int)
     return sorted(found)
 
 
-def plan_tile(height: int, width: int, curve: Curve, overlap: int, multiple_of: int,
-              padded: Callable[[int], int]) -> tuple[int, int]:
+@functools.lru_cache(maxsize=4096)  # admission asks again for every size it tries (a 413's advice: ~30)
+def plan_tile(height: int, width: int, curve: tuple[tuple[int, float], ...], overlap: int, multiple_of: int,
+              min_size: int) -> tuple[int, int]:
     """(tile height, tile width) with the least predicted time for a height x width input (see the module's
-    notes); `padded(n)`: the length the graph runs for n pixels (the card's multiple and minimum)."""
+    notes); the graph runs each tile padded to the card's `multiple_of` and `min_size`."""
     quantum = math.lcm(max(1, multiple_of), QUANTUM) if multiple_of < QUANTUM else multiple_of
     edges = [edge for edge, _ in curve]
     lowest, highest = min(edges), max(edges)
     most = highest * highest
+    rows = {t: len(tile_starts(height, t, overlap)) for t in axis_tiles(height, overlap, lowest, highest, quantum)}
+    cols = {t: len(tile_starts(width, t, overlap)) for t in axis_tiles(width, overlap, lowest, highest, quantum)}
     best: tuple[float, int, int] | None = None
-    for th in axis_tiles(height, overlap, lowest, highest, quantum):
-        rows = len(tile_starts(height, th, overlap))
-        for tw in axis_tiles(width, overlap, lowest, highest, quantum):
-            ph, pw = padded(th), padded(tw)
+    for th, n_rows in rows.items():
+        ph = padded_size(th, multiple_of, min_size)
+        for tw, n_cols in cols.items():
+            pw = padded_size(tw, multiple_of, min_size)
             if ph * pw > most:
                 continue
-            cost = rows * len(tile_starts(width, tw, overlap)) * ph * pw * rate_at(curve, ph * pw)
+            cost = n_rows * n_cols * ph * pw * rate_at(curve, ph * pw)
             if best is None or cost < best[0]:
                 best = (cost, th, tw)
     if best is None:  # nothing fits the largest tile's area: the square largest tile
         return highest, highest
     return best[1], best[2]
-

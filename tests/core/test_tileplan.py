@@ -48,7 +48,7 @@ def test_axis_tiles_cover_the_axis_within_the_bounds(size):
 
 @pytest.mark.parametrize("height,width", [(1200, 1920), (1024, 1024), (300, 5000), (2048, 2048), (40, 40), (129, 131)])
 def test_the_plan_is_never_more_work_than_the_square_tile_and_stays_in_its_area(height, width):
-    th, tw = plan_tile(height, width, SR_CURVE, 12, 1, lambda n: n)
+    th, tw = plan_tile(height, width, SR_CURVE, 12, 1, 1)
     assert th * tw <= 384 * 384
     planned = work(height, width, (th, tw), 12, SR_CURVE)
     for square in (128, 160, 192, 256, 384):
@@ -56,15 +56,14 @@ def test_the_plan_is_never_more_work_than_the_square_tile_and_stays_in_its_area(
 
 
 def test_a_flat_curve_runs_a_1024_image_whole_and_a_multiple_of_128_graph_in_whole_multiples():
-    pad = lambda n: padded_size(n, 128, 128)  # noqa: E731
-    assert plan_tile(1024, 1024, FLAT_CURVE, 32, 128, pad) == (1024, 1024)
-    th, tw = plan_tile(3000, 2100, FLAT_CURVE, 32, 128, pad)
+    assert plan_tile(1024, 1024, FLAT_CURVE, 32, 128, 128) == (1024, 1024)
+    th, tw = plan_tile(3000, 2100, FLAT_CURVE, 32, 128, 128)
     assert th % 128 == 0 and tw % 128 == 0 and th * tw <= 1024 * 1024
     assert work(3000, 2100, (th, tw), 32, FLAT_CURVE, 128) <= work(3000, 2100, 512, 32, FLAT_CURVE, 128)
 
 
 def test_1920x1200_plans_fewer_padded_pixels_than_the_card_tile():
-    th, tw = plan_tile(1200, 1920, SR_CURVE, 12, 1, lambda n: n)
+    th, tw = plan_tile(1200, 1920, SR_CURVE, 12, 1, 1)
     ys, xs, h, w = tile_grid(1200, 1920, (th, tw), 12)
     card_ys, card_xs, _, _ = tile_grid(1200, 1920, 128, 12)
     assert len(ys) * len(xs) * h * w < len(card_ys) * len(card_xs) * 128 * 128
