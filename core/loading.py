@@ -71,7 +71,7 @@ class ImageSpec:
     # the tile `tile_for` plans for its size; empty: always the square `tile`
     tile_curve: tuple[tuple[int, float], ...] = ()
 
-    def tile_for(self, height: int, width: int) -> int | tuple[int, int]:
+    def tile_for(self, height: int, width: int) -> int:
         """The tile a height x width model input runs in (core/tileplan.py)."""
         if not self.tile_curve:
             return self.tile
