@@ -36,20 +36,13 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def tile_sides(tile: int | tuple[int, int]) -> tuple[int, int]:
-    """(tile height, tile width) of a square tile's edge or of a (height, width) pair."""
-    return (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
-
-
-def tile_grid(height: int, width: int, tile: int | tuple[int, int], overlap: int) -> tuple[list[int], list[int], int, int]:
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> tuple[list[int], list[int], int, int]:
     """(row starts, column starts, tile height, tile width) of the tiles `tile_and_blend` runs;
-    one tile (the whole image) when it fits in one. `tile`: an edge, or (height, width)."""
-    tile_h, tile_w = tile_sides(tile)
-    if height <= tile_h and width <= tile_w:
+    one tile (the whole image) when it fits in one."""
+    if height <= tile and width <= tile:
         return [0], [0], height, width
-    overlap = max(0, min(overlap, min(tile_h, tile_w) // 2))
-    return (tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap), min(tile_h, height),
-            min(tile_w, width))
+    overlap = max(0, min(overlap, tile // 2))
+    return tile_starts(height, tile, overlap), tile_starts(width, tile, overlap), min(tile, height), min(tile, width)
 
 
 def edge_ramp(length: int, ramp: int, margin: int, left: bool, right: bool) -> np.ndarray:
@@ -108,7 +101,7 @@ def normalise(block: np.ndarray, row_sum: np.ndarray, col_runs: list[tuple[int, 
 def tile_and_blend(
     run: Callable[[np.ndarray], np.ndarray],
     image: np.ndarray,
-    tile: int | tuple[int, int],
+    tile: int,
     overlap: int,
     scale: int,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -117,7 +110,7 @@ def tile_and_blend(
 ) -> np.ndarray:
     """image [C, H, W] -> [C', H*scale, W*scale], computed tile by tile.
 
-    `tile`: an edge, or (height, width) (core/tileplan.py picks one per image).
+    `tile`: the square tile's edge (core/tileplan.py picks one per image).
     `run` maps [1, C, h, w] -> [1, C', h*scale, w*scale] for any h, w <= tile
     (it pads to the graph's constraints itself). Inputs no larger than one
     tile go through `run` once, untiled.
@@ -134,15 +127,14 @@ def tile_and_blend(
     request stops within one tile of being cancelled; `progress(done, total)` after each tile.
     """
     _, height, width = image.shape
-    tile_h, tile_w = tile_sides(tile)
-    if height <= tile_h and width <= tile_w:
+    if height <= tile and width <= tile:
         if check is not None:
             check(0, 1)
         y = run(image[None])[0]
         if progress is not None:
             progress(1, 1)
         return y if finish is None else finish(y)
-    overlap = max(0, min(overlap, min(tile_h, tile_w) // 2))
+    overlap = max(0, min(overlap, tile // 2))
     ys, xs, th, tw = tile_grid(height, width, tile, overlap)
     total, ran = len(ys) * len(xs), 0
     ramp, margin = overlap * scale, (overlap // 4) * scale

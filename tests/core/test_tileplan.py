@@ -1,8 +1,8 @@
 """Per-request tiles from a measured curve (core/tileplan.py) and the load-time probe (core/tiletune.py):
-the plan covers the image within the largest measured tile's area and predicts no more work than the
-card's square tile; non-square tiles blend exactly; the probe walks to the curve's minimum and stops; the
-curve is cached, read back, bypassed by GANFORGE_TILE, and shown by /models. Timings in the probe tests
-are faked (a cost function of the edge), so each knows which edge must win."""
+the plan is the measured edge (or the one whole-image run) with the least predicted work; the probe walks
+to the curve's minimum and stops; the curve is cached, read back, bypassed by GANFORGE_TILE, and shown by
+/models. Timings in the probe tests are faked (a cost function of the edge), so each knows which edge must
+win."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from core import tiletune
 from core.imaging import padded_size
 from core.tileplan import plan_tile, rate_at
-from core.tiling import tile_and_blend, tile_grid
+from core.tiling import tile_grid
 from core.tuned import load_tuned
 from core.settings import RuntimeSettings
 from service_fixtures import write_fixture_models
@@ -68,22 +67,6 @@ def test_a_cheaper_small_edge_wins_only_when_its_overlaps_do_not_eat_the_gain():
     assert plan_tile(2000, 2000, cheap_small, 12, 1, 1) == 96
     costly_overlap = ((96, 0.30e-6), (256, 0.40e-6))
     assert plan_tile(2000, 2000, costly_overlap, 40, 1, 1) == 256  # ... but 40 px of overlap costs more
-
-
-def test_non_square_tiles_blend_a_pointwise_model_exactly():
-    x = np.random.default_rng(0).uniform(-1, 1, (3, 77, 131)).astype(np.float32)
-    run = lambda t: np.repeat(np.repeat(t, 2, axis=2), 2, axis=3) * 0.5  # noqa: E731 - pointwise x2
-    whole = run(x[None])[0]
-    seen = []
-
-    def counting(t):
-        seen.append(t.shape[-2:])
-        return run(t)
-
-    tiled = tile_and_blend(counting, x, (32, 48), 8, 2)
-    assert np.allclose(tiled, whole, atol=1e-6)
-    assert set(seen) == {(32, 48)} and len(seen) == len(tile_grid(77, 131, (32, 48), 8)[0]) * len(
-        tile_grid(77, 131, (32, 48), 8)[1])
 
 
 # ---------------------------------------------------------------- the probe
@@ -184,6 +167,10 @@ def test_admission_estimates_the_planned_tiles():
                      overlap=12)
     planned = dataclasses.replace(spec, tile=160, tile_curve=SR_CURVE)
     edge = planned.tile_for(1200, 1920)
+    assert edge == plan_tile(1200, 1920, SR_CURVE, 12, 1, 4)  # the served spec plans from its curve
+    whole = dataclasses.replace(spec, scale=1, tile=512, overlap=32, multiple_of=128, min_size=128,
+                                tile_curve=FLAT_CURVE)
+    assert whole.tile_for(1024, 1024) == 1024 and whole.tile == 512  # one run, not the card's 9 of 512
     ys, xs, _, _ = tile_grid(1200, 1920, edge, 12)
     assert processed_pixels(planned, 1200, 1920) == len(ys) * len(xs) * edge * edge * 16
     assert processed_pixels(planned, 1200, 1920) < processed_pixels(spec, 1200, 1920)

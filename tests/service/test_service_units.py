@@ -223,9 +223,8 @@ def test_grid_layout():
 # ---------------------------------------------------------------- tiling
 
 
-@pytest.mark.parametrize("tile", [64, (48, 80), (80, 40)])  # the card's square; planned non-square tiles
-def test_upscale_tiled_matches_untiled(svc_unit_models, tile):
-    """The fixture x4 model (3x3 conv: 1 px of context) tiled at 64/8 (and non-square) vs one pass.
+def test_upscale_tiled_matches_untiled(svc_unit_models):
+    """The fixture x4 model (3x3 conv: 1 px of context) tiled at 64/8 vs one pass.
 
     Bound: only a tile's outermost input pixel sees padding instead of real
     context, and it lies inside the dead margin (8 // 4 = 2 input pixels)
@@ -244,11 +243,11 @@ def test_upscale_tiled_matches_untiled(svc_unit_models, tile):
     pixels = synthetic_photo(150, 130, seed=5)
     x = imaging.to_float(pixels, model.image_spec.in_range)
     run = inference.image_runner(model, "generator")
-    tiled = tile_and_blend(run, x, tile, 8, 4)
+    tiled = tile_and_blend(run, x, 64, 8, 4)
     untiled = run(x[None])[0]
     diff = np.abs(tiled - untiled)
     levels = np.abs(imaging.to_pixels(tiled, (-1, 1)).astype(int) - imaging.to_pixels(untiled, (-1, 1)).astype(int))
-    print(f"\ntiled vs untiled (150x130 -> x4, tile {tile}, overlap 8): max abs {diff.max():.2e} "
+    print(f"\ntiled vs untiled (150x130 -> x4, tile 64, overlap 8): max abs {diff.max():.2e} "
           f"(range [-1, 1]), mean {diff.mean():.2e}, max {levels.max()} grey level(s)")
     assert tiled.shape == untiled.shape == (3, 520, 600)
     assert diff.max() < 1e-3
