@@ -6,7 +6,9 @@
 
 The requests cover the three endpoints on the shipped models (models/): every family, the
 tiled path (an input larger than the card's tile), alpha, grayscale, scale < native, and
-the three output formats. Each line is the request, its status and the sha256 of the body.
+the three output formats. Each line is the request, its status, the sha256 of the body, and the sha256
+of its decoded pixels (mode, size, then the pixels): a change of encoder (PNG through fpng) keeps `pixels`
+and changes `sha256`.
 """
 from __future__ import annotations
 
@@ -73,6 +75,17 @@ UPSCALE = [
 ]
 
 
+def pixels_sha256(body: bytes) -> str | None:
+    """sha256 of the decoded image (mode, size, pixels); None when the body is not an image."""
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            image.load()
+            head = f"{image.mode} {image.size}".encode()
+            return hashlib.sha256(head + image.tobytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - an error answer
+        return None
+
+
 def main(argv: list[str]) -> int:
     import httpx
 
@@ -82,7 +95,8 @@ def main(argv: list[str]) -> int:
     with httpx.Client(base_url=base, timeout=600) as client:
         def record(what: str, r: httpx.Response) -> None:
             rows.append({"request": what, "status": r.status_code, "bytes": len(r.content),
-                         "sha256": hashlib.sha256(r.content).hexdigest(), "seed": r.headers.get("x-seed")})
+                         "sha256": hashlib.sha256(r.content).hexdigest(), "pixels": pixels_sha256(r.content),
+                         "seed": r.headers.get("x-seed")})
 
         for body in GENERATE:
             record(f"generate {json.dumps(body, sort_keys=True)}", client.post("/generate", json=body))

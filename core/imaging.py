@@ -215,12 +215,14 @@ def to_float(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
 def to_pixels(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     """float [C, H, W] -> uint8 [H, W, C]: round((y - lo) / (hi - lo) * 255), clipped."""
     lo, hi = value_range
-    y = np.subtract(values, np.float32(lo), dtype=np.float32)  # one float copy, then in place: a big
+    c, h, w = values.shape
+    y = np.empty((h, w, c), dtype=np.float32)  # one float copy, already [H, W, C] (the encoders take it
+    np.subtract(values.transpose(1, 2, 0), np.float32(lo), out=y)  # contiguous), then in place: a big
     y *= np.float32(255.0 / (hi - lo))  # image holds no further float temporaries
     np.rint(y, out=y)
     np.fmax(y, 0, out=y)  # fmax/fmin, not clip: NaN -> 0 (as lo), -inf -> 0, +inf -> 255 (as hi)
     np.fmin(y, 255, out=y)
-    return y.astype(np.uint8).transpose(1, 2, 0)
+    return y.astype(np.uint8)
 
 
 def padded_size(size: int, multiple_of: int, min_size: int) -> int:

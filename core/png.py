@@ -1,4 +1,11 @@
-"""A PNG writer for 8-bit gray / gray+alpha / RGB / RGBA pixels: the "Up" filter on every row, libdeflate.
+"""A PNG writer for 8-bit gray / gray+alpha / RGB / RGBA pixels: fpng for RGB and RGBA, else the "Up"
+filter on every row and libdeflate.
+
+RGB and RGBA (every colour answer) go through fpng (richgel999/fpng, SSE4.1, through the `fpng` wheel): 6-8x
+faster again than the writer below, for files ~10% larger (a 512x512 photo: 0.8 against 6.6 ms, 572 against
+518 kB; 1024x1024: 3.6 against 27.7 ms). Its files carry one private ancillary chunk (`fdEC`), which
+decoders skip. Gray, gray+alpha, a side over 65535 (fpng writes the size in 16 bits and its file would be
+corrupt), and any image fpng refuses (it answers empty bytes), take the writer below.
 
 Pillow's PNG encoder (zlib level 1, Z_RLE, its own filter choice) took 6.6 ms for a 256x256 photo and 22 ms
 for a 512x512 upscale on this project's 2-core Xeon; this writer takes 1.0 and 3.5 ms for the same pixels
@@ -22,11 +29,16 @@ try:
     from deflate import zlib_compress as _libdeflate_compress
 except ImportError:  # pragma: no cover - `deflate` is a declared dependency
     _libdeflate_compress = None
+try:
+    from fpng.fpng_ext import encode_ndarray as _fpng_encode
+except ImportError:  # pragma: no cover - `fpng` is a declared dependency
+    _fpng_encode = None
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gray+alpha, RGB, RGBA)
 FILTER_UP = 2
 LEVEL = 1
+FPNG_MAX_EDGE = 65535  # fpng 0.1.0 writes the IHDR's width and height in 16 bits: larger files are corrupt
 
 
 def compress(data: bytes, level: int = LEVEL) -> bytes:
@@ -58,6 +70,10 @@ def encode_png(pixels: np.ndarray) -> bytes:
     h, w, c = pixels.shape
     if h < 1 or w < 1:
         raise ValueError("encode_png: the image has no pixels")
+    if c >= 3 and _fpng_encode is not None and max(h, w) <= FPNG_MAX_EDGE:
+        data = _fpng_encode(np.ascontiguousarray(pixels))
+        if data:
+            return data
     header = struct.pack(">IIBBBBB", w, h, 8, COLOUR_TYPES[c], 0, 0, 0)
     return b"".join((SIGNATURE, chunk(b"IHDR", header), chunk(b"IDAT", compress(up_filtered(pixels))),
                      chunk(b"IEND", b"")))

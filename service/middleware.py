@@ -26,7 +26,8 @@ In order, per HTTP request:
    leaves before its answer started, so the worker thread stops within one tile.
 
    With `Prefer: respond-async`, or a `video` or an `archive`, the checked body goes to service/jobs/
-   instead (202 and a job).
+   instead (202 and a job). A sync `image` request is answered from the checked body by
+   service/direct.py (the API's own validation and handler), not parsed again by BentoML.
 
 6. every POST to an image API gets a `telemetry.RequestRecord` on arrival (bound like the token), which
    counts it once, with the status it was answered and what the handler noted, when it ends
@@ -44,18 +45,20 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from . import deadline, jobs, telemetry
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
 
 from .config import Settings, settings as process_settings
 from .errors import error_response
+from .forms import parse_form
 from .ui import is_ui_path
 
 logger = logging.getLogger("bentoml.ganforge")
+# (scope, the checked body, BentoML's app to fall back on, receive, send): service/direct.py
+DirectAnswer = Callable[[dict, bytes, Any, Any, Any], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 BODY_TYPES = {
@@ -224,12 +227,11 @@ def replay(body: bytes, receive):
     return _receive
 
 
-async def check_multipart(scope: dict, body: bytes, receive) -> tuple[str | None, str | None]:
+async def check_multipart(scope: dict, body: bytes, in_memory: bool) -> tuple[str | None, str | None]:
     """(the file's field, None) when the multipart body holds exactly one file, in `image`, `video` or
-    `archive`; else (None, the problem)."""
-    request = Request({k: v for k, v in scope.items() if k != "app"}, replay(body, receive))
+    `archive`; else (None, the problem). `in_memory`: parse without spooling a part to disk."""
     try:
-        form = await request.form(max_files=4, max_fields=32)
+        form = await parse_form(scope, body, in_memory=in_memory)
     except Exception:  # noqa: BLE001 - python-multipart raises several types
         return None, "malformed multipart/form-data body"
     try:
@@ -251,8 +253,9 @@ async def check_multipart(scope: dict, body: bytes, receive) -> tuple[str | None
 
 
 class GanforgeMiddleware:
-    def __init__(self, app, settings: Settings | None = None) -> None:
+    def __init__(self, app, settings: Settings | None = None, direct: DirectAnswer | None = None) -> None:
         self.app = app
+        self.direct = direct  # service/direct.py: a checked sync image request without BentoML's second parse
         self.settings = settings if settings is not None else process_settings()
         token = self.settings.auth_token
         self._expected = f"Bearer {token}".encode() if token else None
@@ -315,7 +318,13 @@ class GanforgeMiddleware:
             if field in MEDIA_FIELDS or jobs.prefers_async(scope.get("headers", ())):  # a job: 202 (service/jobs/)
                 await (await jobs.submit(scope, body))(scope, receive, send)
                 return
-            await run_watched(self.app, scope, body, receive, send, token)
+            app = self.app
+            if self.direct is not None and field == FILE_FIELD:
+                direct = self.direct
+
+                async def app(scope, receive, send) -> None:
+                    await direct(scope, body, self.app, receive, send)
+            await run_watched(app, scope, body, receive, send, token)
         finally:
             self._in_flight -= 1
 
@@ -337,7 +346,7 @@ class GanforgeMiddleware:
             return 413, f"request body is larger than the limit of {limit} bytes"
         if wanted != "multipart/form-data":
             return body, None
-        field, problem = await check_multipart(scope, body, receive)
+        field, problem = await check_multipart(scope, body, in_memory=len(body) <= image_limit)
         if problem is not None and len(body) <= image_limit:
             return 400, problem
         if field not in MEDIA_FIELDS and len(body) > image_limit:

@@ -10,7 +10,9 @@ Endpoints (names are the contract of /work/shared/DESIGN.md):
   Prefer: respond-async on the three POSTs -> 202 and a job; /jobs/... (service/jobs/)
   /livez /readyz /healthz /metrics /docs.json: BentoML's.
 
-The API methods return a Starlette `Response` (image bytes + media type +
+A checked sync /translate or /upscale is answered by the same handler straight from the middleware's
+buffered body (service/direct.py): no second parse, no temporary file; what does not validate goes on
+to BentoML, which answers it as before. The API methods return a Starlette `Response` (image bytes + media type +
 headers), which BentoML 1.4.39 passes through untouched; their return
 annotation only documents the output in OpenAPI. Client errors come back as
 JSON {"error": "...", "status": N} (see middleware.py and errors.py).
@@ -32,16 +34,15 @@ from bentoml.validators import ContentType
 from pydantic import BeforeValidator
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core import imaging as core_imaging
 
-from . import handlers, inference, jobs, telemetry, ui
+from . import handlers, inference, jobs, ui
 from .admission import BOOK
 from .config import backstop_timeout, settings
-from .deadline import RequestCancelled
-from .errors import ApiError
+from .direct import DirectImageApi, image_response
 from .instance import use_own_metrics_dir
 from .handlers import Interpolation
 from .logs import use_log_format
@@ -68,22 +69,6 @@ def _as_text(value: Any) -> Any:
 
 Text = Annotated[Optional[str], BeforeValidator(_as_text)]
 ImageOut = Annotated[Path, ContentType("image/*")]
-
-
-def _image_response(fn, *args: Any, **kwargs: Any) -> Response:
-    # jobs.PRIORITY: while a sync request is in its handler, this worker's running job waits at its next tile
-    with telemetry.handler(), jobs.PRIORITY.sync():  # the request's queue stage ends here, its handler time starts
-        try:
-            result = fn(*args, **kwargs)
-        except RequestCancelled as exc:  # logged where it stopped, with its progress
-            telemetry.failed(exc)
-            return exc.response()
-        except ApiError as exc:
-            telemetry.failed(exc)
-            if exc.status >= 500:
-                (logger.warning if exc.status in (503, 504) else logger.error)("%s", exc.message)
-            return exc.response()
-        return Response(content=result.body, media_type=result.media_type, headers=result.headers)
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -167,7 +152,7 @@ class Ganforge:
         quality: Optional[int] = None,
     ) -> ImageOut:
         """New images from a (conditional) generator. The seed used is echoed in `X-Seed`."""
-        return _image_response(
+        return image_response(
             handlers.generate, self.registry, self.settings, model=model, label=label, n=n, seed=seed,
             latent=latent, interpolate=interpolate, format=format, quality=quality,
         )
@@ -182,7 +167,7 @@ class Ganforge:
         quality: Optional[int] = None,
     ) -> ImageOut:
         """Image-to-image translation (pix2pix; CycleGAN with `direction` a2b | b2a). Same size out."""
-        return _image_response(
+        return image_response(
             handlers.translate, self.registry, self.settings, image=image, model=model,
             direction=direction, format=format, quality=quality,
         )
@@ -197,10 +182,12 @@ class Ganforge:
         quality: Optional[int] = None,
     ) -> ImageOut:
         """Super-resolution at the model's native scale, or a smaller `scale` (LANCZOS from native)."""
-        return _image_response(
+        return image_response(
             handlers.upscale, self.registry, self.settings, image=image, model=model,
             scale=scale, format=format, quality=quality,
         )
 
 
-Ganforge.add_asgi_middleware(GanforgeMiddleware)
+# a checked sync /translate or /upscale runs its handler from the middleware, with the API's own validation
+_DIRECT = DirectImageApi("ganforge", bentoml.get_current_service, {n: a.input_spec for n, a in Ganforge.apis.items()})
+Ganforge.add_asgi_middleware(GanforgeMiddleware, direct=_DIRECT.answer)

@@ -32,13 +32,13 @@ from typing import Any
 
 import anyio
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.imaging import OPEN_FORMATS
 
 from .. import imaging
 from ..errors import ApiError, bad_request
+from ..forms import bentoml_text, parse_form
 from .intake import MEDIA_FIELDS, check_media, media_field
 from .record import Job, new_id
 
@@ -78,14 +78,6 @@ def header(scope: dict, name: bytes) -> str | None:
     return None
 
 
-def bentoml_text(value: str) -> Any:
-    """A multipart text field as BentoML hands it to the API: JSON-decoded when it parses."""
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
 async def read_fields(scope: dict, body: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(fields, uploads) of the buffered body."""
     if (header(scope, b"content-type") or "").split(";")[0].strip().lower() == "application/json":
@@ -96,16 +88,7 @@ async def read_fields(scope: dict, body: bytes) -> tuple[dict[str, Any], dict[st
         if not isinstance(fields, dict):
             raise bad_request("the JSON body must be an object")
         return fields, {}
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request({k: v for k, v in scope.items() if k != "app"}, receive).form(max_files=4, max_fields=32)
+    form = await parse_form(scope, body, in_memory=False)  # a video's part may be large: spooled as before
     fields: dict[str, Any] = {}
     uploads: dict[str, bytes] = {}
     try:

@@ -48,20 +48,43 @@ def test_png_extremes_and_noise_round_trip():
         assert np.array_equal(decoded(png.encode_png(pixels)), pixels)
 
 
-def test_png_stream_is_a_valid_file():
-    """Every chunk's CRC and the zlib stream check out (what strict decoders verify)."""
-    data = png.encode_png(photo(20, 30, 3))
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_png_stream_is_a_valid_file(channels):
+    """Every chunk's CRC and the zlib stream check out (what strict decoders verify), for both writers
+    (gray: the Up filter and libdeflate; colour: fpng, whose one extra chunk is ancillary: lower-case first)."""
+    data = png.encode_png(photo(20, 30, channels))
     assert data[:8] == png.SIGNATURE
-    at, kinds = 8, []
+    at, kinds, idat = 8, [], b""
     while at < len(data):
         length = int.from_bytes(data[at:at + 4], "big")
         kind, payload = data[at + 4:at + 8], data[at + 8:at + 8 + length]
         assert int.from_bytes(data[at + 8 + length:at + 12 + length], "big") == zlib.crc32(kind + payload)
         kinds.append(kind)
-        if kind == b"IDAT":
-            assert len(zlib.decompress(payload)) == 20 * (30 * 3 + 1)
+        idat += payload if kind == b"IDAT" else b""
         at += 12 + length
-    assert kinds == [b"IHDR", b"IDAT", b"IEND"]
+    assert len(zlib.decompress(idat)) == 20 * (30 * channels + 1)
+    critical = [k for k in kinds if k[:1].isupper()]
+    assert critical[0] == b"IHDR" and critical[-1] == b"IEND" and set(critical) == {b"IHDR", b"IDAT", b"IEND"}
+    assert all(k[:1].islower() for k in kinds if k not in critical)
+
+
+def test_colour_png_takes_fpng_and_its_fallback_keeps_pixels(monkeypatch):
+    """RGB goes through fpng (its private chunk is there); with fpng refusing, the Up filter writer answers."""
+    pixels = photo(33, 47, 3)
+    assert b"fdEC" in png.encode_png(pixels)
+    monkeypatch.setattr(png, "_fpng_encode", lambda array: b"")
+    fallback = png.encode_png(pixels)
+    assert b"fdEC" not in fallback and np.array_equal(decoded(fallback), pixels)
+
+
+@pytest.mark.parametrize("shape", [(65535, 2), (65536, 2), (2, 70000), (248000, 4)])
+def test_colour_png_past_fpngs_16_bit_sizes_round_trips(shape):
+    """fpng writes width and height in 16 bits (a 65536-row image came back with height 0): longer sides take
+    the other writer (found by the fuzz test: a 1 x 62000 upscale)."""
+    pixels = photo(*shape, 3)
+    data = png.encode_png(pixels)
+    assert (b"fdEC" in data) == (max(shape) <= 65535)
+    assert np.array_equal(decoded(data), pixels)
 
 
 def test_png_refuses_what_it_cannot_write():

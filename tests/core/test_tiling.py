@@ -61,15 +61,42 @@ def test_tiling_is_exact_for_a_pointwise_model():
     assert tiled.shape == untiled.shape == (3, 300, 262)
     assert np.abs(tiled - untiled).max() < 1e-5
 
-def test_tiling_finishes_row_blocks_as_it_goes():
-    """With `finish`, rows are converted block by block (one tile row's float strip at a time) and the
-    result equals finishing the whole blended float image."""
-    rng = np.random.default_rng(1)
-    image = rng.uniform(-1, 1, (3, 150, 131)).astype(np.float32)
+def reference_blend(run, image, tile, overlap, scale):
+    """The plain weighted average over a whole float canvas, summed in tile order (tile rows top to bottom,
+    left to right in a row), divided by the row sums then the column sums where they are not 1: what the
+    tiler must give to the bit."""
+    from core.tiling import edge_ramp
 
-    def blurry_x2(x):  # spatial context, so the blend weights matter
-        y = np.repeat(np.repeat(np.tanh(x * 1.5), 2, axis=2), 2, axis=3)
-        return (y + np.roll(y, 1, axis=2) + np.roll(y, 1, axis=3)) / 3
+    _, h, w = image.shape
+    ys, xs, th, tw = tile_grid(h, w, tile, overlap)
+    overlap = max(0, min(overlap, tile // 2))
+    ramp, margin = overlap * scale, (overlap // 4) * scale
+    canvas, rows, cols = None, np.zeros(h * scale, np.float32), np.zeros(w * scale, np.float32)
+    for y0 in ys:
+        wy = edge_ramp(th * scale, ramp, margin, y0 > 0, y0 + th < h)
+        rows[y0 * scale:(y0 + th) * scale] += wy
+        for x0 in xs:
+            wx = edge_ramp(tw * scale, ramp, margin, x0 > 0, x0 + tw < w)
+            if y0 == ys[0]:
+                cols[x0 * scale:(x0 + tw) * scale] += wx
+            y = run(image[None, :, y0:y0 + th, x0:x0 + tw])[0] * (wy[:, None] * wx[None, :])
+            canvas = np.zeros((y.shape[0], h * scale, w * scale), np.float32) if canvas is None else canvas
+            canvas[:, y0 * scale:(y0 + th) * scale, x0 * scale:(x0 + tw) * scale] += y
+    canvas[:, rows != 1] /= rows[rows != 1][:, None]
+    canvas[:, :, cols != 1] /= cols[cols != 1]
+    return canvas
+
+
+@pytest.mark.parametrize("h, w, tile, overlap, scale", [(150, 131, 32, 6, 2), (97, 203, 40, 12, 4), (64, 65, 64, 16, 1),
+                                                        (33, 200, 32, 16, 1), (70, 70, 32, 0, 2), (300, 17, 48, 4, 1)])
+def test_tiling_is_the_plain_weighted_average_to_the_bit(h, w, tile, overlap, scale):
+    """Float out and finished (uint8) out both equal the plain weighted average over a whole canvas, to the
+    bit; `finish` sees float blocks no taller than one tile row, and finishes every output pixel once."""
+    image = np.random.default_rng(h * w).uniform(-1.2, 1.2, (3, h, w)).astype(np.float32)
+
+    def blurry(x):  # spatial context, so the blend weights matter
+        y = np.repeat(np.repeat(np.tanh(x * 1.5), scale, axis=2), scale, axis=3)
+        return ((y + np.roll(y, 1, axis=2) + np.roll(y, 1, axis=3)) / 3).astype(np.float32)
 
     blocks = []
 
@@ -77,15 +104,25 @@ def test_tiling_finishes_row_blocks_as_it_goes():
         blocks.append(block.shape)
         return imaging.to_pixels(block, (-1, 1))
 
-    whole = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2)
-    pixels = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2, finish=finish)
-    assert pixels.shape == (300, 262, 3) and pixels.dtype == np.uint8
-    levels = np.abs(pixels.astype(int) - imaging.to_pixels(whole, (-1, 1)).astype(int))
-    assert levels.max() <= 1 and levels.mean() < 1e-3  # the same blend (division order may round once)
-    assert len(blocks) == len(tile_starts(150, 32, 6)) and sum(b[1] for b in blocks) == 300
-    assert max(b[1] for b in blocks) <= 32 * 2  # never more than one tile row of output rows at once
-    one = tile_and_blend(blurry_x2, image[:, :20, :30], tile=32, overlap=6, scale=2, finish=finish)
-    assert np.array_equal(one, imaging.to_pixels(blurry_x2(image[None, :, :20, :30])[0], (-1, 1)))  # untiled
+    want = reference_blend(blurry, image, tile, overlap, scale)
+    got = tile_and_blend(blurry, image, tile, overlap, scale)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    pixels = tile_and_blend(blurry, image, tile, overlap, scale, finish=finish)
+    assert pixels.dtype == np.uint8 and np.array_equal(pixels, imaging.to_pixels(want, (-1, 1)))
+    assert max(b[1] for b in blocks) <= tile * scale and sum(b[1] * b[2] for b in blocks) == h * w * scale ** 2
+
+
+def test_tiling_untiled_input_is_one_run_finished():
+    image = np.random.default_rng(1).uniform(-1, 1, (3, 20, 30)).astype(np.float32)
+
+    def blurry_x2(x):
+        y = np.repeat(np.repeat(np.tanh(x * 1.5), 2, axis=2), 2, axis=3)
+        return (y + np.roll(y, 1, axis=2) + np.roll(y, 1, axis=3)) / 3
+
+    finish = lambda block: imaging.to_pixels(block, (-1, 1))  # noqa: E731
+    one = tile_and_blend(blurry_x2, image, tile=32, overlap=6, scale=2, finish=finish)
+    assert np.array_equal(one, imaging.to_pixels(blurry_x2(image[None])[0], (-1, 1)))
+
 
 def test_tiler_stops_within_one_tile_when_the_check_raises():
     image = np.random.default_rng(0).uniform(-1, 1, (3, 100, 130)).astype(np.float32)

@@ -19,7 +19,7 @@ from service.config import Settings, backstop_timeout
 from service.deadline import DEADLINE, DISCONNECTED, RequestCancelled
 from service.errors import ApiError
 from service.middleware import GanforgeMiddleware
-from service.service import _image_response
+from service.direct import image_response
 from service_fixtures import REPO, live_metrics_dirs, running_server, service_client, write_fixture_models
 
 WORKERS = 2
@@ -87,7 +87,7 @@ def _asgi_post(app, path: str, timeout: float | None = None) -> None:
 
 
 def _raising(exc: Exception):
-    """An ASGI app that runs a handler raising `exc` through service._image_response in a worker thread,
+    """An ASGI app that runs a handler raising `exc` through service.direct.image_response in a worker thread,
     the way BentoML runs the sync API methods."""
 
     def handler():
@@ -96,7 +96,7 @@ def _raising(exc: Exception):
 
     async def app(scope, receive, send):
         await receive()
-        response = await anyio.to_thread.run_sync(_image_response, handler)
+        response = await anyio.to_thread.run_sync(image_response, handler)
         await response(scope, receive, send)
 
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import time
@@ -89,6 +90,19 @@ def test_upscale(http):
     assert resp.headers["content-type"] == "image/png" and img.size == (160, 120)
     nearest = np.asarray(Image.fromarray(pixels).resize((160, 120), Image.Resampling.NEAREST)).astype(int)
     assert np.abs(np.asarray(img).astype(int) - nearest).mean() > 5
+
+
+def test_sync_answers_keep_bentomls_headers_and_refusals(http):
+    """A sync image answer runs from the middleware (service/direct.py): it still carries BentoML's Server and
+    request-id headers, and a field BentoML's validation refuses still gets BentoML's refusal, in our shape."""
+    resp = http.post("/upscale", files={"image": ("a.png", _png(20, 16, 4))}, data={"scale": "2"})
+    assert _image(resp).size == (40, 32)
+    assert resp.headers["server"] == "BentoML Service/ganforge"
+    assert re.fullmatch(r"[0-9a-f]{16}", resp.headers["x-bentoml-request-id"])
+    refused = http.post("/upscale", files={"image": ("a.png", _png(20, 16, 4))}, data={"scale": "abc"})
+    assert "scale" in _error(refused, 400)
+    assert "unknown model '7'" in _error(http.post("/upscale", files={"image": ("a.png", _png())},
+                                                   data={"model": "7"}), 404).lower()
 
 
 def test_upscale_tiled_large(http):

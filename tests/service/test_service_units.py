@@ -192,6 +192,20 @@ def test_pixel_mapping_round_trips():
     assert imaging.to_pixels(np.array([[[np.nan, 5.0, -5.0]]]), (-1, 1)).ravel().tolist() == [0, 255, 0]
 
 
+def test_to_pixels_is_the_rounding_formula_in_hwc_order():
+    """Every value, specials included, maps as round((y - lo) / (hi - lo) * 255) clipped, NaN -> 0; the
+    answer is [H, W, C] and C-contiguous (the encoders take it without another copy), from a view too."""
+    rng = np.random.default_rng(5)
+    y = (rng.standard_normal((3, 17, 23)) * 0.8).astype(np.float32)
+    y.flat[:6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.5 / 127.5 - 1]  # the last: a tie, rounds to even
+    for lo, hi in ((-1.0, 1.0), (0.0, 1.0)):
+        want = np.nan_to_num(np.clip(np.rint((y.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))),
+                                     0, 255), nan=0.0).astype(np.uint8).transpose(1, 2, 0)
+        got = imaging.to_pixels(y, (lo, hi))
+        assert got.flags.c_contiguous and np.array_equal(got, want)
+        assert np.array_equal(imaging.to_pixels(y[:, 2:9, 3:], (lo, hi)), want[2:9, 3:])
+
+
 def test_pad_to_reflects_and_handles_one_pixel():
     x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
     p = imaging.pad_to(x, 8, 8)
