@@ -191,6 +191,19 @@ def busy(rows: list[dict[str, Any]]) -> bool:
     return any(row.get("loadavg", 0.0) > logical_cores() for row in rows)
 
 
+# A measurement is cached only when other processes used at most this share of the machine meanwhile
+# (core/cpu.py OthersCpu; the load average, `busy`, where /proc/stat is missing). The load average alone let
+# tables and tile curves in that were measured beside a test suite (1.2-1.35 on 2 cores, partly the
+# measurement's own threads): one made a 64 tile the "best" of srresnet-x4 (1.51x the graph work in
+# overlaps, against 1.31x at 96).
+OTHERS_MAX = 0.1
+
+
+def too_noisy(others_share: float | None, rows: list[dict[str, Any]]) -> bool:
+    """Whether a measurement is served but not cached (see OTHERS_MAX)."""
+    return others_share > OTHERS_MAX if others_share is not None else busy(rows)
+
+
 def choose(row: dict[str, Any]) -> tuple[str, str]:
     """(the fastest candidate's label, why) of one measured class."""
     timed = sorted((ms, label) for label, ms in row["ms"].items() if ms is not None)

@@ -61,3 +61,44 @@ def physical_core_ids() -> int | None:
 
 def logical_cores() -> int:
     return os.cpu_count() or 1
+
+
+PROC_STAT = Path("/proc/stat")
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds this machine has spent busy since boot, all cores (user, nice, system, irq, softirq, steal:
+    a hypervisor's neighbours count too); None where /proc/stat cannot be read."""
+    try:
+        fields = PROC_STAT.read_text().split("\n", 1)[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersCpu:
+    """How much of the machine other processes used between its start and `share()`: (busy CPU seconds of
+    the whole machine - this process's own) / (wall seconds x cores). What a timing taken meanwhile is worth:
+    0 on a quiet machine, 0.5 when another process held one of two cores all along."""
+
+    def __init__(self, clock=None) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._start = (self._clock(), busy_seconds(), self._own())
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def share(self) -> float | None:
+        """None where /proc/stat cannot be read."""
+        wall0, busy0, own0 = self._start
+        busy1 = busy_seconds()
+        wall = self._clock() - wall0
+        if busy0 is None or busy1 is None or wall <= 0:
+            return None
+        others = (busy1 - busy0) - (self._own() - own0)
+        return min(max(others / (wall * logical_cores()), 0.0), 1.0)

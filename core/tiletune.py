@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .autotune import busy, cache_key, machine_load, read_keyed, write_cache
-from .cpu import logical_cores
+from .autotune import cache_key, machine_load, read_keyed, too_noisy, write_cache
+from .cpu import OthersCpu, logical_cores
 from .loading import ImageSpec, ServedModel, padded_min
 from .pipelines import image_runner
 from .settings import RuntimeConfig
@@ -70,7 +69,7 @@ def covered_cost(edge: int, s_per_px: float, overlap: int) -> float:
 
 def measure_curve(seconds_at: Callable[[int], float], edges: list[int], start: int, overlap: int,
                   budget_s: float, clock: Callable[[], float] = time.monotonic) -> dict[int, float]:
-    """edge -> median seconds per padded input pixel of one run (see the module's notes)."""
+    """edge -> the least seconds per padded input pixel of one run (see the module's notes)."""
     deadline = clock() + budget_s
     per_px: dict[int, float] = {}
 
@@ -80,7 +79,7 @@ def measure_curve(seconds_at: Callable[[int], float], edges: list[int], start: i
         times = []
         while len(times) < TIMED_RUNS and (not times or clock() - began < budget_s / 4):
             times.append(seconds_at(edge))
-        per_px[edge] = statistics.median(times) / (edge * edge)
+        per_px[edge] = min(times) / (edge * edge)  # another process only ever adds time: the least is the truest
 
     probe(start)
     for way in ([e for e in edges if e > start], [e for e in edges if e < start][::-1]):
@@ -93,6 +92,10 @@ def measure_curve(seconds_at: Callable[[int], float], edges: list[int], start: i
             worse = worse + 1 if covered_cost(edge, per_px[edge], overlap) > best else 0
             if worse >= WORSE_STOP:
                 break
+    for edge in sorted(per_px):  # one more run each, spread over the walk's time: a burst of load that hit one
+        if clock() >= deadline:  # edge's runs does not decide the curve
+            break
+        per_px[edge] = min(per_px[edge], seconds_at(edge) / (edge * edge))
     return per_px
 
 
@@ -135,15 +138,19 @@ def curve_for(model: ServedModel, path: Path, settings: RuntimeConfig) -> dict[s
     if cached is not None:
         logger.info("model %s: tile curve from cache %s (nothing measured)", model.name, path)
         return {**cached, "source": "cache", "file": str(path)}
-    started, load = time.monotonic(), machine_load()
+    started, load, others = time.monotonic(), machine_load(), OthersCpu()
     per_px = measure_curve(seconds_at(model), edges, spec.tile, spec.overlap, settings.autotune_budget_s)
+    share = others.share()
     entry = {"key": key, "rows": curve_rows(per_px, spec.overlap, spec.scale), "loadavg": round(load, 2),
+             "others_cpu": None if share is None else round(share, 3),
              "seconds": round(time.monotonic() - started, 3), "budget_s": settings.autotune_budget_s,
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    written = not busy([entry]) and write_cache(path, entry)
-    if not written and busy([entry]):
-        logger.warning("model %s: tile curve measured with load average %.1f on %d cores: serving it, not "
-                       "caching it", model.name, load, logical_cores())
+    noisy = too_noisy(share, [entry])
+    written = not noisy and write_cache(path, entry)
+    if noisy:
+        logger.warning("model %s: tile curve measured while other processes used %s of the CPU (load average "
+                       "%.1f on %d cores): serving it, not caching it", model.name,
+                       "?" if share is None else f"{share:.0%}", load, logical_cores())
     return {**entry, "source": "measured", "file": str(path) if written else None}
 
 
@@ -156,7 +163,7 @@ def apply_tiles(model: ServedModel, path: Path, settings: RuntimeConfig) -> None
     model.image_spec = dataclasses.replace(spec, tile=best, tile_curve=curve)
     model.tiles = {"tile": best, "card_tile": spec.tile, "overlap": spec.overlap,
                    **{k: entry[k] for k in ("source", "file", "rows", "seconds", "budget_s", "measured_at",
-                                            "loadavg") if k in entry}}
+                                            "loadavg", "others_cpu") if k in entry}}
     logger.info("model %s: tile %d for big images (card: %d; %s: %s)", model.name, best, spec.tile, entry["source"],
                 ", ".join(f"{r['edge']}: {r['s_per_covered_mpx']:.3f} s/MPx" for r in entry["rows"]))
 

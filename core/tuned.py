@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 from contract.folder import sha256_bytes
 
-from .autotune import (Candidate, RoutedSession, SizeClass, busy, cache_key, candidates, class_feeds, measure, read_cache,
-                       size_classes, write_cache)
+from .autotune import (Candidate, RoutedSession, SizeClass, cache_key, candidates, class_feeds, measure, read_cache,
+                       size_classes, too_noisy, write_cache)
 from .backends import OPENVINO, native_bf16
-from .cpu import logical_cores
+from .cpu import OthersCpu, logical_cores
 from .loading import Plan, ServedModel, load_model, open_session
 from .settings import RuntimeConfig
 from .tiletune import tune_tiles
@@ -97,16 +97,19 @@ def table_for(model: ServedModel, folder: Path, settings: RuntimeConfig, opener)
     if cached is not None:
         logger.info("model %s: autotune table from cache %s (nothing measured)", model.name, path)
         return {**cached, "source": "cache", "file": str(path)}
-    started = time.monotonic()
+    started, others = time.monotonic(), OthersCpu()
     first_role = next(iter(card.files))
     rows = measure(card, classes, lambda c: opener(c, first_role), found, settings.autotune_budget_s)
-    seconds = round(time.monotonic() - started, 3)
+    seconds, share = round(time.monotonic() - started, 3), others.share()
     entry = {"key": key, "rows": rows, "excluded": excluded, "seconds": seconds,
+             "others_cpu": None if share is None else round(share, 3),
              "budget_s": settings.autotune_budget_s, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if busy(rows):
-        logger.warning("model %s: autotune measured with load average %.1f on %d cores: serving its choice, not "
-                       "caching it (the next start measures again)", model.name, rows[0]["loadavg"], logical_cores())
-    written = not busy(rows) and write_cache(path, entry)
+    noisy = too_noisy(share, rows)
+    if noisy:
+        logger.warning("model %s: autotune measured while other processes used %s of the CPU (load average %.1f "
+                       "on %d cores): serving its choice, not caching it (the next start measures again)",
+                       model.name, "?" if share is None else f"{share:.0%}", rows[0]["loadavg"], logical_cores())
+    written = not noisy and write_cache(path, entry)
     logger.info("model %s: autotune measured %d candidate(s) x %d size class(es) in %.1f s: %s%s", model.name,
                 len(found), len(classes), seconds, ", ".join(f"{r['input']} -> {r['choice']}" for r in rows),
                 f" (cached in {path})" if written else "")
@@ -145,6 +148,6 @@ def apply_table(model: ServedModel, folder: Path, settings: RuntimeConfig, provi
     routes = "; ".join(f"{r['input']}: {r['choice']} ({r['reason']})" for r in rows)
     model.precision_reason = f"auto, measured here ({table['source']}): {routes}"
     model.autotune = {k: table[k] for k in ("source", "file", "rows", "excluded", "seconds", "budget_s",
-                                            "measured_at") if k in table}
+                                            "measured_at", "others_cpu") if k in table}
     logger.info("model %s: autotune serves %s", model.name, routes)
 

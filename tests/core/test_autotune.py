@@ -59,7 +59,18 @@ def measured(monkeypatch):
     monkeypatch.setattr(autotune, "time_call", fake_time)
     monkeypatch.setattr(tuned, "measure", counting_measure)
     monkeypatch.setattr(autotune, "machine_load", lambda: 0.0)  # a quiet machine: its tables are cached
+    monkeypatch.setattr(tuned, "OthersCpu", lambda: OthersShare(0.0))
     return state
+
+
+class OthersShare:
+    """Stands in for core.cpu.OthersCpu: what other processes used of the CPU during the measurement."""
+
+    def __init__(self, value: float | None) -> None:
+        self.value = value
+
+    def share(self) -> float | None:
+        return self.value
 
 
 def load(models: Path, name: str, s: Settings):
@@ -229,12 +240,15 @@ def test_measure_class_is_bounded_by_its_deadline(monkeypatch):
     assert row["rounds"] == 1  # past the deadline: the one round a choice needs, no more
 
 
-def test_a_table_measured_on_a_busy_machine_serves_but_is_not_cached(models, tmp_path, measured, monkeypatch):
-    monkeypatch.setattr(autotune, "machine_load", lambda: 64.0)
+@pytest.mark.parametrize("others, loadavg", [(0.5, 0.1), (None, 64.0)])  # None: no /proc/stat, the load average decides
+def test_a_table_measured_on_a_busy_machine_serves_but_is_not_cached(models, tmp_path, measured, monkeypatch, others,
+                                                                      loadavg):
+    monkeypatch.setattr(autotune, "machine_load", lambda: loadavg)
+    monkeypatch.setattr(tuned, "OthersCpu", lambda: OthersShare(others))
     s = settings(models, tmp_path / "cache")
     m = load(models, "shoe2boot", s)
     assert m.autotune["source"] == "measured" and m.autotune["file"] is None and m.backend == OPENVINO
-    assert m.autotune["rows"][0]["loadavg"] == 64.0
+    assert m.autotune["rows"][0]["loadavg"] == loadavg and m.autotune["others_cpu"] == others
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
     load(models, "shoe2boot", s)
     assert measured["measures"] == 2  # nothing cached: measured again
