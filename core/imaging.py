@@ -208,8 +208,10 @@ def resize(pixels: np.ndarray, width: int, height: int, resample=Image.Resamplin
 def to_float(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     """uint8 [H, W, C] -> float32 [C, H, W], pixel 0 -> lo, 255 -> hi."""
     lo, hi = value_range
-    x = pixels.astype(np.float32).transpose(2, 0, 1)
-    return (lo + x * np.float32((hi - lo) / 255.0)).astype(np.float32)
+    x = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), dtype=np.float32)  # contiguous [C, H, W]
+    np.multiply(pixels.transpose(2, 0, 1), np.float32((hi - lo) / 255.0), out=x)  # float32(pixel) * k, as before
+    x += np.float32(lo)  # lo + that: the same float32 sum; two passes, no temporaries
+    return x
 
 
 def to_pixels(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

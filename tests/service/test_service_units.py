@@ -192,6 +192,17 @@ def test_pixel_mapping_round_trips():
     assert imaging.to_pixels(np.array([[[np.nan, 5.0, -5.0]]]), (-1, 1)).ravel().tolist() == [0, 255, 0]
 
 
+def test_to_float_is_lo_plus_pixel_times_step_in_float32():
+    """Bit for bit float32(lo + float32(float32(p) * float32((hi - lo) / 255))), [C, H, W] and C-contiguous."""
+    p = np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    for lo, hi in ((-1.0, 1.0), (0.0, 1.0), (1.0, -1.0), (-0.5, 2.0)):
+        step = np.float32((hi - lo) / 255.0)
+        want = (np.float32(lo) + p.astype(np.float32) * step).astype(np.float32).transpose(2, 0, 1)
+        got = imaging.to_float(p, (lo, hi))
+        assert got.flags.c_contiguous and got.dtype == np.float32
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_to_pixels_is_the_rounding_formula_in_hwc_order():
     """Every value, specials included, maps as round((y - lo) / (hi - lo) * 255) clipped, NaN -> 0; the
     answer is [H, W, C] and C-contiguous (the encoders take it without another copy), from a view too."""
