@@ -18,7 +18,6 @@ worker); inputs and results stay files in GANFORGE_JOBS_DIR, a folder every repl
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -29,18 +28,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .pgschema import CHANNEL, listen_loop, migrate
-from .record import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL, Job
-from .store import (
-    Delivery,
-    Event,
-    IdempotencyConflict,
-    QueueFull,
-    compact,
-    finish_values,
-    interrupted_error,
-    job_from_row,
-    webhook_message,
-)
+from .record import QUEUED, RUNNING, TERMINAL, Job
+from .sqlstore import SqlJobStore
+from .store import Delivery, job_from_row
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -57,7 +47,10 @@ def redacted(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{where}"
 
 
-class PostgresJobStore:
+class PostgresJobStore(SqlJobStore):
+    """The transitions are SqlJobStore's (service/jobs/sqlstore.py), in this dialect; here the pool, the
+    claim, the heartbeat, expiry, the outbox claim and the notifications."""
+
     def __init__(self, url: str, gone_keep_s: float) -> None:
         self.url = url
         self.gone_keep_s = gone_keep_s
@@ -74,82 +67,12 @@ class PostgresJobStore:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             yield cur
 
-    def _get(self, db: Any, job_id: str, lock: bool = False) -> Job | None:
-        row = db.execute("SELECT * FROM jobs WHERE id = %s" + (" FOR UPDATE" if lock else ""), (job_id,)).fetchone()
-        return None if row is None else job_from_row(row)
+    def sql(self, statement: str) -> str:
+        """SqlJobStore's statements (SQLite's dialect) in PostgreSQL's: `%s` placeholders, `greatest`."""
+        return statement.replace("?", "%s").replace("max(", "greatest(")
 
-    def _event(self, db: Any, job: Job, event: str, webhook: bool = True) -> None:
-        """Append `event` with the job as it is now, queue its webhook when asked for, notify replicas."""
-        seq = db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = %s RETURNING seq", (job.id,)).fetchone()["seq"]
-        now = time.time()
-        db.execute("INSERT INTO events VALUES (%s, %s, %s, %s, %s)", (job.id, seq, event, compact(job.public()), now))
-        message = webhook_message(job, event, now) if webhook else None
-        if message is not None:
-            db.execute("INSERT INTO deliveries (id, job_id, url, body, next_at) VALUES (%s, %s, %s, %s, %s)",
-                       (message[0], job.id, job.webhook, message[1], now))
+    def _notify(self, db: Any, job: Job, event: str) -> None:
         db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{job.id} {event}"))
-
-    # ---------------------------------------------------------------- submit and read
-
-    def submit(self, job: Job, max_queued: int) -> tuple[Job, bool]:
-        with self._tx() as db:
-            if job.idempotency_key is not None:
-                existing = self._by_key(db, job.idempotency_key)
-                if existing is not None:
-                    return self._same_request(existing, job)
-            waiting = db.execute("SELECT count(*) AS n FROM jobs WHERE status = %s", (QUEUED,)).fetchone()["n"]
-            if waiting >= max_queued:
-                raise QueueFull(max_queued)
-            inserted = db.execute(
-                "INSERT INTO jobs (id, kind, endpoint, model, params, inputs, status, unit, created_at, "
-                "idempotency_key, fingerprint, webhook, webhook_events) "
-                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                (job.id, job.kind, job.endpoint, job.model, json.dumps(job.params), json.dumps(job.inputs),
-                 QUEUED, job.unit, job.created_at, job.idempotency_key, job.fingerprint, job.webhook,
-                 json.dumps(list(job.webhook_events)))).fetchone()
-            if inserted is None:  # another replica stored the same key meanwhile
-                return self._same_request(self._by_key(db, job.idempotency_key), job)
-            self._event(db, job, QUEUED)
-        return job, True
-
-    @staticmethod
-    def _same_request(existing: Job, job: Job) -> tuple[Job, bool]:
-        if existing.fingerprint != job.fingerprint:
-            raise IdempotencyConflict()
-        return existing, False
-
-    def _by_key(self, db: Any, key: str) -> Job | None:
-        row = db.execute("SELECT * FROM jobs WHERE idempotency_key = %s", (key,)).fetchone()
-        return None if row is None else job_from_row(row)
-
-    def by_key(self, key: str) -> Job | None:
-        with self._tx() as db:
-            return self._by_key(db, key)
-
-    def get(self, job_id: str) -> Job | None:
-        with self._tx() as db:
-            return self._get(db, job_id)
-
-    def is_gone(self, job_id: str) -> bool:
-        with self._tx() as db:
-            return db.execute("SELECT 1 FROM gone WHERE id = %s", (job_id,)).fetchone() is not None
-
-    def list(self, status: str | None, limit: int) -> list[Job]:
-        where, args = ("WHERE status = %s", (status,)) if status else ("", ())
-        with self._tx() as db:
-            rows = db.execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT %s",
-                              (*args, limit)).fetchall()
-        return [job_from_row(r) for r in rows]
-
-    def queued(self) -> int:
-        with self._tx() as db:
-            return db.execute("SELECT count(*) AS n FROM jobs WHERE status = %s", (QUEUED,)).fetchone()["n"]
-
-    def events(self, job_id: str, after: int) -> list[Event]:
-        with self._tx() as db:
-            rows = db.execute("SELECT seq, event, data FROM events WHERE job_id = %s AND seq > %s ORDER BY seq",
-                              (job_id, after)).fetchall()
-        return [Event(r["seq"], r["event"], r["data"]) for r in rows]
 
     # ---------------------------------------------------------------- running
 
@@ -172,71 +95,14 @@ class PostgresJobStore:
                 if job.attempts >= max_attempts:
                     self._fail_interrupted(db, job, time.time())
                     continue
-                job.status, job.owner, job.lease_until = RUNNING, owner, now + lease_s
-                job.attempts += 1
-                job.started_at = time.time()
-                db.execute("UPDATE jobs SET status = %s, owner = %s, lease_until = %s, attempts = %s, "
-                           "started_at = %s WHERE id = %s",
-                           (RUNNING, owner, job.lease_until, job.attempts, job.started_at, job.id))
-                self._event(db, job, RUNNING, webhook=job.attempts == 1)
-                return job
+                return self._take(db, job, owner, time.time(), now + lease_s)
         return None
-
-    def _fail_interrupted(self, db: Any, job: Job, now: float) -> None:
-        job.status, job.finished_at, job.error = FAILED, now, interrupted_error(job.attempts)
-        db.execute("UPDATE jobs SET status = %s, finished_at = %s, error = %s, owner = NULL WHERE id = %s",
-                   (FAILED, now, json.dumps(job.error), job.id))
-        self._event(db, job, FAILED)
 
     def beat(self, job_id: str, owner: str, lease_s: float) -> str | None:
         with self._tx() as db:
             row = db.execute("UPDATE jobs SET lease_until = extract(epoch FROM clock_timestamp()) + %s "
                              "WHERE id = %s AND owner = %s RETURNING status", (lease_s, job_id, owner)).fetchone()
         return None if row is None else row["status"]
-
-    def progress(self, job_id: str, owner: str, done: int, total: int, progress: float, eta_s: float | None,
-                 event: bool, webhook: bool) -> None:
-        with self._tx() as db:
-            changed = db.execute(
-                "UPDATE jobs SET done = greatest(done, %s), total = %s, progress = greatest(progress, %s), "
-                "eta_s = %s WHERE id = %s AND owner = %s AND status = %s",
-                (done, total, progress, eta_s, job_id, owner, RUNNING)).rowcount
-            if event and changed:
-                self._event(db, self._get(db, job_id), "progress", webhook=webhook)
-
-    def finish(self, job_id: str, owner: str, status: str, ttl_s: float, error: dict | None = None,
-               result: dict | None = None, done: int = 0, total: int | None = None) -> Job | None:
-        values = finish_values(status, ttl_s, error, result, done, total)
-        with self._tx() as db:
-            changed = db.execute(
-                "UPDATE jobs SET status = %s, finished_at = %s, expires_at = %s, error = %s, result = %s, "
-                "owner = NULL, eta_s = NULL, done = greatest(done, %s), total = coalesce(%s, total), "
-                "progress = CASE WHEN %s THEN 1.0 ELSE progress END WHERE id = %s AND owner = %s AND status = %s",
-                (*values, job_id, owner, RUNNING)).rowcount
-            if not changed:
-                return None
-            job = self._get(db, job_id)
-            self._event(db, job, status)
-        return job
-
-    def cancel(self, job_id: str, ttl_s: float) -> tuple[Job | None, bool]:
-        now = time.time()
-        with self._tx() as db:
-            changed = db.execute("UPDATE jobs SET status = %s, finished_at = %s, expires_at = %s, eta_s = NULL "
-                                 "WHERE id = %s AND status IN (%s, %s)",
-                                 (CANCELED, now, now + ttl_s, job_id, QUEUED, RUNNING)).rowcount
-            job = self._get(db, job_id)
-            if changed:
-                self._event(db, job, CANCELED)
-        return job, bool(changed)
-
-    def requeue(self, job_id: str, owner: str) -> None:
-        with self._tx() as db:
-            changed = db.execute("UPDATE jobs SET status = %s, owner = NULL, lease_until = NULL, eta_s = NULL, "
-                                 "attempts = greatest(attempts - 1, 0) WHERE id = %s AND owner = %s AND status = %s",
-                                 (QUEUED, job_id, owner, RUNNING)).rowcount
-            if changed:
-                self._event(db, self._get(db, job_id), QUEUED, webhook=False)
 
     def expire(self, now: float) -> list[str]:
         with self._tx() as db:
@@ -262,20 +128,6 @@ class PostgresJobStore:
                 "'pending' AND next_at <= %s AND claimed_until <= %s ORDER BY next_at LIMIT %s FOR UPDATE SKIP "
                 "LOCKED) RETURNING id, job_id, url, body, attempts", (now + claim_s, now, now, limit)).fetchall()
         return [Delivery(r["id"], r["job_id"], r["url"], r["body"], r["attempts"]) for r in rows]
-
-    def delivered(self, delivery_id: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE deliveries SET state = 'delivered', attempts = attempts + 1 WHERE id = %s",
-                       (delivery_id,))
-
-    def retry_delivery(self, delivery_id: str, next_at: float | None) -> None:
-        with self._tx() as db:
-            if next_at is None:
-                db.execute("UPDATE deliveries SET state = 'failed', attempts = attempts + 1 WHERE id = %s",
-                           (delivery_id,))
-            else:
-                db.execute("UPDATE deliveries SET attempts = attempts + 1, next_at = %s, claimed_until = 0 "
-                           "WHERE id = %s", (next_at, delivery_id))
 
     # ---------------------------------------------------------------- other replicas' changes
 

@@ -1,7 +1,8 @@
 """Where jobs live: the `JobStore` interface, and errors its callers answer.
 
 Everything the job layer keeps goes through this interface: `SqliteJobStore` (service/jobs/sqlite.py) is
-the embedded one, `PostgresJobStore` (service/jobs/postgres.py) the one replicas share.
+the embedded one, `PostgresJobStore` (service/jobs/postgres.py) the one replicas share. Both make their
+transitions through `SqlJobStore` (service/jobs/sqlstore.py), written once.
 Each change of a job's status is one transaction that also appends its event (GET /jobs/{id}/events)
 and, when the job asked for it, its webhook delivery (an outbox: delivered at least once by any
 worker, service/jobs/webhooks.py).

@@ -278,8 +278,10 @@ def test_ctrl_c_stops_cleanly_with_130(serve, tmp_path):
     make_tree(tmp_path / "in", ["a.png", "b.png", "c.png"])
     cmd = [sys.executable, "-m", "client", "upscale", str(tmp_path / "in"), str(tmp_path / "out"), "--url", url,
            *FAST]
+    # SIGINT as at a terminal: a test run started in the background (`make test &`) ignores SIGINT, its children
+    # inherit that, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.5)  # submitted and polling
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
