@@ -47,6 +47,7 @@ from .instance import use_own_metrics_dir
 from .handlers import Interpolation
 from .logs import use_log_format
 from .middleware import GanforgeMiddleware
+from .orphan import in_bentoml_worker, stop_when_orphaned
 from .registry import ModelRegistry
 from .upstream import cancel_timeout_timers
 
@@ -118,6 +119,8 @@ class Ganforge:
         # jobs (service/jobs/): run the same API methods' validation and handlers as the sync calls
         self.jobs = jobs.JobLayer(self.registry, self.settings, {n: a.input_spec for n, a in Ganforge.apis.items()})
         self.jobs.start()
+        if in_bentoml_worker():  # SIGKILL of `bentoml serve` would leave this worker serving (service/orphan.py)
+            stop_when_orphaned()
         self._stop_watch = threading.Event()
         if self.settings.reload_poll_s > 0:
             threading.Thread(target=self._watch_models, name="ganforge-reload", daemon=True).start()

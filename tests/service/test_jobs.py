@@ -483,6 +483,39 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
     print(f"restart -> ready {ready_s:.1f} s, -> the killed job running again {running_s:.1f} s")
 
 
+def test_a_sigkilled_bentoml_serve_takes_its_worker_with_it(models, tmp_path_factory):
+    """SIGKILL of `bentoml serve` alone (the pid an operator knows; its worker runs in a session of its own):
+    the orphaned worker stops itself (service/orphan.py) instead of answering on the inherited socket, puts
+    its running job back in the queue as on a normal stop, and the next server runs it."""
+    import signal
+
+    from testkit.launcher import process_parents
+
+    tmp = tmp_path_factory.mktemp("jobs_orphan")
+    env = {"GANFORGE_JOBS_DIR": str(tmp / "jobs_dir")}
+    with running_server(models, tmp, **env) as (base, log_path):
+        http = httpx.Client(base_url=base, timeout=60)
+        worker = http.get("/models").json()["admission"]["worker_pid"]
+        server = process_parents()[worker]
+        job = submit_slow(http, seed=50)
+        wait(http, job["id"], lambda j: j["status"] == "running" and j["done"] >= 2)
+        os.kill(server, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while worker in process_parents():
+            assert time.monotonic() < deadline, "the orphaned worker is still running"
+            time.sleep(0.1)
+        with pytest.raises(httpx.HTTPError):
+            http.get("/readyz", timeout=2)
+        http.close()
+        assert "is gone: stopping this worker" in log_path.read_text(errors="replace")
+    with running_server(models, tmp, **env) as (base, _):
+        http = httpx.Client(base_url=base, timeout=60)
+        assert wait(http, job["id"], finished)["status"] == "succeeded"
+        events = [e["event"] for e in sse(http, job["id"])]
+        assert events.count("running") == 2 and events.count("queued") == 2 and events[-1] == "succeeded", events
+        http.close()
+
+
 # ---------------------------------------------------------------- units: settings, the store's claim
 
 
