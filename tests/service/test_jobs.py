@@ -426,6 +426,16 @@ def running_attempts(http, job_id: str) -> int:
     return sum(e["event"] == "running" for e in sse(http, job_id))
 
 
+def runs_again_after_requeue(models: Path, tmp: Path, env: dict[str, str], job_id: str) -> None:
+    """A new server runs the job that its stopped predecessor put back in the queue (a "queued" event from
+    on_shutdown, then a second "running")."""
+    with running_server(models, tmp, **env) as (base, _):
+        with httpx.Client(base_url=base, timeout=60) as http:
+            assert wait(http, job_id, finished)["status"] == "succeeded"
+            events = [e["event"] for e in sse(http, job_id)]
+    assert events.count("running") == 2 and events.count("queued") == 2 and events[-1] == "succeeded", events
+
+
 def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jobs_workers")
     folder = tmp / "jobs_dir"
@@ -473,13 +483,7 @@ def test_two_workers_sigkill_restart_and_expiry(models, tmp_path_factory):
         stopped = submit_slow(http, seed=41)
         wait(http, stopped["id"], lambda j: j["status"] == "running" and j["done"] >= 2)
         http.close()
-    with running_server(models, tmp, **env) as (base, _):
-        http = httpx.Client(base_url=base, timeout=60)
-        assert wait(http, stopped["id"], finished)["status"] == "succeeded"
-        events = [e["event"] for e in sse(http, stopped["id"])]
-        # on_shutdown put it back (a "queued" event); the next server ran it again
-        assert events.count("running") == 2 and events.count("queued") == 2 and events[-1] == "succeeded", events
-        http.close()
+    runs_again_after_requeue(models, tmp, env, stopped["id"])
     print(f"restart -> ready {ready_s:.1f} s, -> the killed job running again {running_s:.1f} s")
 
 
@@ -508,12 +512,7 @@ def test_a_sigkilled_bentoml_serve_takes_its_worker_with_it(models, tmp_path_fac
             http.get("/readyz", timeout=2)
         http.close()
         assert "is gone: stopping this worker" in log_path.read_text(errors="replace")
-    with running_server(models, tmp, **env) as (base, _):
-        http = httpx.Client(base_url=base, timeout=60)
-        assert wait(http, job["id"], finished)["status"] == "succeeded"
-        events = [e["event"] for e in sse(http, job["id"])]
-        assert events.count("running") == 2 and events.count("queued") == 2 and events[-1] == "succeeded", events
-        http.close()
+    runs_again_after_requeue(models, tmp, env, job["id"])
 
 
 # ---------------------------------------------------------------- units: settings, the store's claim
