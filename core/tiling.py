@@ -79,13 +79,11 @@ def between(runs: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
     return out
 
 
-def weigh(y: np.ndarray, wy: np.ndarray, wx: np.ndarray, rows: list[tuple[int, int]] | None = None,
-          cols: list[tuple[int, int]] | None = None) -> None:
+def weigh(y: np.ndarray, wy: np.ndarray, wx: np.ndarray, rows: list[tuple[int, int]],
+          cols: list[tuple[int, int]]) -> None:
     """y [C, h, w] *= the outer product wy x wx, in place, touching only where that product is not 1: the
     same float32 products as the full multiply (1 * wx is wx exactly), without a pass over the inside.
-    `rows` / `cols`: not_one(wy) / not_one(wx) when the caller has them."""
-    rows = not_one(wy) if rows is None else rows
-    cols = not_one(wx) if cols is None else cols
+    `rows` / `cols`: not_one(wy) / not_one(wx), made once per tile row / column by the caller."""
     for a, b in rows:
         y[:, a:b] *= wy[a:b, None] * wx[None, :]
     for a, b in between(rows, len(wy)):
