@@ -45,7 +45,7 @@ import numpy as np
 from contract import Card
 
 from .backends import ONNXRUNTIME, OPENVINO, gate_result, openvino_version
-from .cpu import cpu_flags, cpu_model, logical_cores
+from .cpu import OthersCpu, cpu_flags, cpu_model, logical_cores
 
 logger = logging.getLogger("bentoml.ganforge")
 
@@ -202,6 +202,18 @@ OTHERS_MAX = 0.1
 def too_noisy(others_share: float | None, rows: list[dict[str, Any]]) -> bool:
     """Whether a measurement is served but not cached (see OTHERS_MAX)."""
     return others_share > OTHERS_MAX if others_share is not None else busy(rows)
+
+
+def noise(watch: OthersCpu, rows: list[dict[str, Any]]) -> tuple[float | None, str | None]:
+    """After a measurement that `watch` watched, whose rows carry the load average: (other processes' share of
+    the CPU meanwhile, rounded, for the cache entry; why the measurement is not to be cached, or None)."""
+    share = watch.share()
+    rounded = None if share is None else round(share, 3)
+    if not too_noisy(share, rows):
+        return rounded, None
+    shown = "?" if share is None else f"{share:.0%}"
+    return rounded, f"other processes used {shown} of the CPU (load average {rows[0].get('loadavg', 0.0):.1f} on " \
+                    f"{logical_cores()} cores)"
 
 
 def choose(row: dict[str, Any]) -> tuple[str, str]:

@@ -10,6 +10,7 @@ import functools
 import os
 import platform
 import re
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -83,8 +84,6 @@ class OthersCpu:
     0 on a quiet machine, 0.5 when another process held one of two cores all along."""
 
     def __init__(self, clock=None) -> None:
-        import time
-
         self._clock = clock or time.monotonic
         self._start = (self._clock(), busy_seconds(), self._own())
 

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .autotune import cache_key, machine_load, read_keyed, too_noisy, write_cache
-from .cpu import OthersCpu, logical_cores
+from .autotune import cache_key, machine_load, noise, read_keyed, write_cache
+from .cpu import OthersCpu
 from .loading import ImageSpec, ServedModel, padded_min
 from .pipelines import image_runner
 from .settings import RuntimeConfig
@@ -140,17 +140,13 @@ def curve_for(model: ServedModel, path: Path, settings: RuntimeConfig) -> dict[s
         return {**cached, "source": "cache", "file": str(path)}
     started, load, others = time.monotonic(), machine_load(), OthersCpu()
     per_px = measure_curve(seconds_at(model), edges, spec.tile, spec.overlap, settings.autotune_budget_s)
-    share = others.share()
+    share, noisy = noise(others, [{"loadavg": round(load, 2)}])
     entry = {"key": key, "rows": curve_rows(per_px, spec.overlap, spec.scale), "loadavg": round(load, 2),
-             "others_cpu": None if share is None else round(share, 3),
-             "seconds": round(time.monotonic() - started, 3), "budget_s": settings.autotune_budget_s,
-             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    noisy = too_noisy(share, [entry])
-    written = not noisy and write_cache(path, entry)
-    if noisy:
-        logger.warning("model %s: tile curve measured while other processes used %s of the CPU (load average "
-                       "%.1f on %d cores): serving it, not caching it", model.name,
-                       "?" if share is None else f"{share:.0%}", load, logical_cores())
+             "others_cpu": share, "seconds": round(time.monotonic() - started, 3),
+             "budget_s": settings.autotune_budget_s, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    written = noisy is None and write_cache(path, entry)
+    if noisy is not None:
+        logger.warning("model %s: tile curve measured while %s: serving it, not caching it", model.name, noisy)
     return {**entry, "source": "measured", "file": str(path) if written else None}
 
 

@@ -20,9 +20,9 @@ from typing import Any, Callable
 from contract.folder import sha256_bytes
 
 from .autotune import (Candidate, RoutedSession, SizeClass, cache_key, candidates, class_feeds, measure, read_cache,
-                       size_classes, too_noisy, write_cache)
+                       size_classes, noise, write_cache)
 from .backends import OPENVINO, native_bf16
-from .cpu import OthersCpu, logical_cores
+from .cpu import OthersCpu
 from .loading import Plan, ServedModel, load_model, open_session
 from .settings import RuntimeConfig
 from .tiletune import tune_tiles
@@ -100,16 +100,13 @@ def table_for(model: ServedModel, folder: Path, settings: RuntimeConfig, opener)
     started, others = time.monotonic(), OthersCpu()
     first_role = next(iter(card.files))
     rows = measure(card, classes, lambda c: opener(c, first_role), found, settings.autotune_budget_s)
-    seconds, share = round(time.monotonic() - started, 3), others.share()
-    entry = {"key": key, "rows": rows, "excluded": excluded, "seconds": seconds,
-             "others_cpu": None if share is None else round(share, 3),
+    seconds, (share, noisy) = round(time.monotonic() - started, 3), noise(others, rows)
+    entry = {"key": key, "rows": rows, "excluded": excluded, "seconds": seconds, "others_cpu": share,
              "budget_s": settings.autotune_budget_s, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    noisy = too_noisy(share, rows)
-    if noisy:
-        logger.warning("model %s: autotune measured while other processes used %s of the CPU (load average %.1f "
-                       "on %d cores): serving its choice, not caching it (the next start measures again)",
-                       model.name, "?" if share is None else f"{share:.0%}", rows[0]["loadavg"], logical_cores())
-    written = not noisy and write_cache(path, entry)
+    if noisy is not None:
+        logger.warning("model %s: autotune measured while %s: serving its choice, not caching it (the next start "
+                       "measures again)", model.name, noisy)
+    written = noisy is None and write_cache(path, entry)
     logger.info("model %s: autotune measured %d candidate(s) x %d size class(es) in %.1f s: %s%s", model.name,
                 len(found), len(classes), seconds, ", ".join(f"{r['input']} -> {r['choice']}" for r in rows),
                 f" (cached in {path})" if written else "")
