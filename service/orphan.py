@@ -31,9 +31,9 @@ def in_bentoml_worker() -> bool:
     return server_context.worker_index is not None
 
 
-def stop_when_orphaned(poll_s: float = POLL_S, stop=None) -> threading.Thread | None:
+def stop_when_orphaned(poll_s: float = POLL_S) -> threading.Thread | None:
     """Watch the parent pid from a daemon thread; SIGTERM this process once it changes. None where the parent
-    is already init (nothing to watch). `stop`: what to call instead of SIGTERM (tests)."""
+    is already init (nothing to watch)."""
     parent = os.getppid()
     if parent <= 1:
         return None
@@ -41,11 +41,10 @@ def stop_when_orphaned(poll_s: float = POLL_S, stop=None) -> threading.Thread | 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            now = os.getppid()
-            if now != parent:
+            if os.getppid() != parent:
                 logger.error("the bentoml serve process that started this worker (pid %d) is gone: stopping this "
                              "worker (pid %d)", parent, os.getpid())
-                (stop or (lambda: os.kill(os.getpid(), signal.SIGTERM)))()
+                os.kill(os.getpid(), signal.SIGTERM)
                 return
 
     thread = threading.Thread(target=watch, name="ganforge-parent-watch", daemon=True)
