@@ -21,9 +21,7 @@ telemetry record, the job priority), because this runs where BentoML's app ran.
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import anyio
@@ -31,7 +29,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from . import handlers, jobs, telemetry
-from .forms import bentoml_text, parse_form
+from .forms import STAND_IN, api_kwargs, bentoml_text, parse_form
 from .deadline import RequestCancelled
 from .errors import ApiError
 
@@ -90,10 +88,9 @@ class DirectImageApi:
         if upload is None:
             return None
         try:
-            validated = self._specs[endpoint].model_validate({**fields, "image": Path(os.devnull)})
+            kwargs = api_kwargs(self._specs[endpoint], fields, {"image": STAND_IN})
         except ValidationError:
             return None
-        kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
         upload.file.seek(0)
         kwargs["image"] = upload.file.read()  # from memory (parse_form)
         return kwargs

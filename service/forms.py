@@ -1,8 +1,12 @@
-"""Multipart forms of a buffered request body, as BentoML reads their text fields."""
+"""What BentoML does with a request's fields, done where it does not run: a buffered body's multipart form,
+its text fields decoded as BentoML decodes them, and the API's pydantic input model on them (the sync
+direct path, job submit, and the job runners all call the handlers with what `api_kwargs` gives)."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import FormData, Headers
@@ -10,6 +14,7 @@ from starlette.formparsers import MultiPartParser
 
 MAX_FILES = 4
 MAX_FIELDS = 32
+STAND_IN = Path(os.devnull)  # an upload's place in the API's input model, where its bytes are read elsewhere
 
 
 async def parse_form(scope: dict, body: bytes, in_memory: bool) -> FormData:
@@ -32,3 +37,10 @@ def bentoml_text(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def api_kwargs(spec: Any, fields: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """The API's handler keyword arguments: `fields` and `files` (name -> a path, or STAND_IN) through the API's
+    pydantic input model, as BentoML validates a request; raises pydantic's ValidationError."""
+    validated = spec.model_validate({**fields, **files})
+    return {name: getattr(validated, name) for name in spec.model_fields}

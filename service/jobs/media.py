@@ -17,7 +17,6 @@ Both return a `FileResult`: the result is already in place; `media` goes into th
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,7 @@ from .. import deadline, handlers, imaging, inference
 from ..config import Settings
 from ..deadline import RequestCancelled
 from ..errors import ApiError
+from ..forms import STAND_IN, api_kwargs
 from .files import FULL, StorageFull
 from .token import PartToken
 
@@ -70,9 +70,9 @@ def video_format(value: Any) -> str:
 
 def handler_kwargs(ctx: Any) -> dict[str, Any]:
     """The job's fields as the API's pydantic model validates them, without the upload."""
-    spec = ctx.specs[ctx.job.endpoint]
-    validated = spec.model_validate({**ctx.job.params, "image": Path(os.devnull)})
-    return {name: getattr(validated, name) for name in spec.model_fields if name != "image"}
+    kwargs = api_kwargs(ctx.specs[ctx.job.endpoint], ctx.job.params, {"image": STAND_IN})
+    del kwargs["image"]
+    return kwargs
 
 
 def frame_function(ctx: Any, kwargs: dict[str, Any], job_token: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -30,6 +30,7 @@ from ..admission import BOOK
 from ..config import Settings
 from ..deadline import RequestCancelled
 from ..errors import ApiError
+from ..forms import api_kwargs
 from ..instance import process_start
 from ..registry import ModelRegistry
 from .files import JobFiles, StorageFull
@@ -68,8 +69,7 @@ def run_image(ctx: JobContext) -> handlers.ImageResult:
     paths = {name: ctx.files.input_path(job.id, file) for name, file in job.inputs.items()}
     ctx.first_estimate_s = first_estimate(ctx, paths.get("image"))
     spec = ctx.specs[job.endpoint]
-    validated = spec.model_validate({**job.params, **paths})
-    kwargs = {name: getattr(validated, name) for name in spec.model_fields}
+    kwargs = api_kwargs(spec, job.params, paths)
     return HANDLERS[job.endpoint](ctx.registry, ctx.settings, **kwargs)
 
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,7 +36,7 @@ from core.imaging import OPEN_FORMATS
 
 from .. import imaging
 from ..errors import ApiError, bad_request
-from ..forms import bentoml_text, parse_form
+from ..forms import STAND_IN, bentoml_text, parse_form
 from .intake import MEDIA_FIELDS, check_media, media_field
 from .record import Job, new_id
 
@@ -111,7 +109,7 @@ def validate(spec: Any, fields: dict[str, Any], uploads: dict[str, bytes]) -> An
     the image): 400 naming the problem. The validated model."""
     from pydantic import ValidationError
 
-    stand_ins = {("image" if name in MEDIA_FIELDS else name): Path(os.devnull) for name in uploads}
+    stand_ins = {("image" if name in MEDIA_FIELDS else name): STAND_IN for name in uploads}
     try:
         return spec.model_validate({**fields, **stand_ins})
     except ValidationError as exc:
