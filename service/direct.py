@@ -4,8 +4,8 @@ The middleware (service/middleware.py) has already read the whole body (bounded)
 and size, and parsed its multipart shape. Handing it on to BentoML meant a second parse, the upload
 written to a temporary file and read back (BentoML's `Path` parameter), and its request machinery:
 about 0.7 ms of a 3 ms small request, and a disk copy of every upload. Here instead:
-- the form is parsed again, in memory (service/forms.py: no part is spooled to disk, the body is
-  already bounded by GANFORGE_MAX_UPLOAD_BYTES);
+- the form is the one the middleware parsed for its check, in memory (service/forms.py: no part is
+  spooled to disk, the body is already bounded by GANFORGE_MAX_UPLOAD_BYTES);
 - the fields are validated by the API's own pydantic input model, as BentoML validates them (multipart
   text fields JSON-decoded as BentoML does); a request that does not validate goes on to BentoML
   untouched, so every refusal keeps BentoML's checks and this service's error shape, word for word;
@@ -29,7 +29,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from . import handlers, jobs, telemetry
-from .forms import STAND_IN, api_kwargs, bentoml_text, parse_form
+from .forms import STAND_IN, api_kwargs, bentoml_text
 from .deadline import RequestCancelled
 from .errors import ApiError
 
@@ -65,7 +65,7 @@ def bentoml_headers(response: Response, service_name: str) -> None:
 
 
 class DirectImageApi:
-    """`answer(scope, body, fallback, receive, send)`, an ASGI step for a checked sync /translate or /upscale.
+    """`answer(scope, form, fallback, receive, send)`, an ASGI step for a checked sync /translate or /upscale.
     `service` gives the running service instance (registry, settings) and `specs` the APIs' input models."""
 
     def __init__(self, name: str, service: Callable[[], Any], specs: dict[str, Any]) -> None:
@@ -95,13 +95,10 @@ class DirectImageApi:
         kwargs["image"] = upload.file.read()  # from memory (parse_form)
         return kwargs
 
-    async def answer(self, scope: dict, body: bytes, fallback, receive, send) -> None:
+    async def answer(self, scope: dict, form: FormData, fallback, receive, send) -> None:
+        """`form`: the request's multipart form, parsed in memory by the middleware (which closes it)."""
         endpoint = scope["path"].lstrip("/")
-        form = await parse_form(scope, body, in_memory=True)
-        try:
-            kwargs = self.arguments(endpoint, form)
-        finally:
-            await form.close()
+        kwargs = self.arguments(endpoint, form)
         if kwargs is None:
             await fallback(scope, receive, send)
             return

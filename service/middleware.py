@@ -49,7 +49,7 @@ from typing import Any, Awaitable, Callable
 
 from . import deadline, jobs, telemetry
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from .config import Settings, settings as process_settings
 from .errors import error_response
@@ -57,8 +57,8 @@ from .forms import parse_form
 from .ui import is_ui_path
 
 logger = logging.getLogger("bentoml.ganforge")
-# (scope, the checked body, BentoML's app to fall back on, receive, send): service/direct.py
-DirectAnswer = Callable[[dict, bytes, Any, Any, Any], Awaitable[None]]
+# (scope, the checked body's parsed form, BentoML's app to fall back on, receive, send): service/direct.py
+DirectAnswer = Callable[[dict, FormData, Any, Any, Any], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 BODY_TYPES = {
@@ -227,29 +227,22 @@ def replay(body: bytes, receive):
     return _receive
 
 
-async def check_multipart(scope: dict, body: bytes, in_memory: bool) -> tuple[str | None, str | None]:
-    """(the file's field, None) when the multipart body holds exactly one file, in `image`, `video` or
-    `archive`; else (None, the problem). `in_memory`: parse without spooling a part to disk."""
-    try:
-        form = await parse_form(scope, body, in_memory=in_memory)
-    except Exception:  # noqa: BLE001 - python-multipart raises several types
-        return None, "malformed multipart/form-data body"
-    try:
-        present = [name for name in FILE_FIELDS if name in form]
-        if not present:
-            return None, (f"send the image as a file in the multipart field '{FILE_FIELD}' (or a video in "
-                          "'video', a zip of images in 'archive')")
-        if len(present) > 1 or len(form.getlist(present[0])) > 1:
-            return None, f"send exactly one file, in one of {', '.join(repr(f) for f in FILE_FIELDS)}"
-        field = present[0]
-        if not isinstance(form[field], UploadFile):
-            return None, f"'{field}' must be a file upload, not a text field"
-        for key, value in form.multi_items():
-            if key != field and isinstance(value, UploadFile):
-                return None, f"unexpected file in field {key[:40]!r}; only '{field}' takes a file"
-        return field, None
-    finally:
-        await form.close()
+def check_form(form: FormData) -> tuple[str | None, str | None]:
+    """(the file's field, None) when the multipart form holds exactly one file, in `image`, `video` or
+    `archive`; else (None, the problem)."""
+    present = [name for name in FILE_FIELDS if name in form]
+    if not present:
+        return None, (f"send the image as a file in the multipart field '{FILE_FIELD}' (or a video in "
+                      "'video', a zip of images in 'archive')")
+    if len(present) > 1 or len(form.getlist(present[0])) > 1:
+        return None, f"send exactly one file, in one of {', '.join(repr(f) for f in FILE_FIELDS)}"
+    field = present[0]
+    if not isinstance(form[field], UploadFile):
+        return None, f"'{field}' must be a file upload, not a text field"
+    for key, value in form.multi_items():
+        if key != field and isinstance(value, UploadFile):
+            return None, f"unexpected file in field {key[:40]!r}; only '{field}' takes a file"
+    return field, None
 
 
 class GanforgeMiddleware:
@@ -314,23 +307,34 @@ class GanforgeMiddleware:
             if isinstance(checked[0], int):  # (status, message): refused
                 await error_response(*checked)(scope, receive, send)
                 return
-            body, field = checked
-            if field in MEDIA_FIELDS or jobs.prefers_async(scope.get("headers", ())):  # a job: 202 (service/jobs/)
-                await (await jobs.submit(scope, body))(scope, receive, send)
-                return
-            app = self.app
-            if self.direct is not None and field == FILE_FIELD:
-                direct = self.direct
-
-                async def app(scope, receive, send) -> None:
-                    await direct(scope, body, self.app, receive, send)
-            await run_watched(app, scope, body, receive, send, token)
+            body, field, form = checked
+            try:
+                await self._answer(scope, body, field, form, receive, send, token)
+            finally:
+                if form is not None:
+                    await form.close()
         finally:
             self._in_flight -= 1
 
-    async def _check_body(self, scope, receive, wanted: str) -> tuple[bytes, str | None] | tuple[int, str]:
-        """(the buffered body, its file's field), or (status, message) to refuse it. A multipart body may be
-        as large as GANFORGE_MAX_MEDIA_BYTES until its field says it is an image."""
+    async def _answer(self, scope, body: bytes, field: str | None, form: FormData | None, receive,
+                      send: "ErrorBodySend", token: deadline.RequestToken) -> None:
+        """A checked body: a job (202), the direct path (a sync image, from its parsed `form`), or BentoML."""
+        if field in MEDIA_FIELDS or jobs.prefers_async(scope.get("headers", ())):  # a job: 202 (service/jobs/)
+            await (await jobs.submit(scope, body))(scope, receive, send)
+            return
+        app = self.app
+        if self.direct is not None and form is not None:
+            direct = self.direct
+
+            async def app(scope, receive, send) -> None:
+                await direct(scope, form, self.app, receive, send)
+        await run_watched(app, scope, body, receive, send, token)
+
+    async def _check_body(self, scope, receive, wanted: str) -> tuple[bytes, str | None, FormData | None] | tuple[int, str]:
+        """(the buffered body, its file's field, its parsed form), or (status, message) to refuse it. A multipart
+        body may be as large as GANFORGE_MAX_MEDIA_BYTES until its field says it is an image. The form is
+        parsed once, in memory where the body is image-sized, and kept (for the caller to close) only when it
+        holds an image: the direct path answers from it."""
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != wanted:
             shown_type = content_type[:60] or "none"
@@ -345,10 +349,19 @@ class GanforgeMiddleware:
         except BodyTooLarge:
             return 413, f"request body is larger than the limit of {limit} bytes"
         if wanted != "multipart/form-data":
-            return body, None
-        field, problem = await check_multipart(scope, body, in_memory=len(body) <= image_limit)
-        if problem is not None and len(body) <= image_limit:
+            return body, None, None
+        in_memory = len(body) <= image_limit
+        try:
+            form = await parse_form(scope, body, in_memory=in_memory)
+        except Exception:  # noqa: BLE001 - python-multipart raises several types
+            form, (field, problem) = None, (None, "malformed multipart/form-data body")
+        else:
+            field, problem = check_form(form)
+            if field != FILE_FIELD or not in_memory:
+                await form.close()
+                form = None
+        if problem is not None and in_memory:
             return 400, problem
-        if field not in MEDIA_FIELDS and len(body) > image_limit:
+        if field not in MEDIA_FIELDS and not in_memory:
             return 413, f"request body is {len(body)} bytes; the limit for an image is {image_limit} bytes"
-        return body, field
+        return body, field, form
