@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from starlette.responses import JSONResponse
 
 from service.direct import DirectImageApi
 from service.forms import bentoml_text, parse_form
@@ -78,3 +79,64 @@ async def test_what_does_not_validate_goes_on_to_bentoml(direct, fields, file):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", ["sync image", "async image", "video", "bad shape"])
+async def test_the_middleware_hands_a_sync_image_its_parsed_form(case, monkeypatch):
+    """A sync image request goes to the direct answer with the form the check parsed (open, the upload in
+    memory), not to BentoML's app; a job, a video or a refused body never reaches it."""
+    from service.config import Settings
+    from service.middleware import GanforgeMiddleware
+
+    calls: list[tuple[str, object]] = []
+
+    async def bentoml_app(scope, receive, send):
+        calls.append(("bentoml", None))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def direct(scope, form, fallback, receive, send):
+        upload = form["image"]
+        upload.file.seek(0)
+        calls.append(("direct", (upload.file.read(), upload.file._rolled, form["model"])))
+        await fallback(scope, receive, send)
+
+    data = os.urandom(2 * 1024 * 1024)  # over starlette's 1 MiB spool
+    scope, body = multipart({"model": "m"}, data)
+    if case == "video":
+        body = body.replace(b'name="image"', b'name="video"')
+    if case == "bad shape":
+        body = body.replace(b'name="image"', b'name="picture"')
+    scope.update(method="POST", path="/upscale", query_string=b"")
+    if case == "async image":
+        scope["headers"].append((b"prefer", b"respond-async"))
+    submitted = []
+
+    async def fake_submit(scope, body):
+        submitted.append(len(body))
+        return JSONResponse({"id": "x"}, 202)
+
+    import service.middleware as middleware
+    monkeypatch.setattr(middleware.jobs, "submit", fake_submit)
+    messages, sent = [], False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        messages.append(message)
+
+    await GanforgeMiddleware(bentoml_app, Settings(max_upload_bytes=8 * 1024 * 1024, metrics=False),
+                             direct=direct)(scope, receive, send)
+    status = messages[0]["status"]
+    if case == "sync image":
+        assert calls == [("direct", (data, False, "m")), ("bentoml", None)] and status == 200
+    elif case in ("async image", "video"):
+        assert calls == [] and submitted == [len(body)] and status == 202
+    else:
+        assert calls == [] and status == 400
